@@ -1,0 +1,271 @@
+"""The report: ``report.json`` (every figure, median and spread over the repeats, ratios
+to the peers, the delivery targets) and ``report.md`` (the same, for people), next
+to the PNG plots.
+
+Figures of one subject over its repeats are summarised as median, min, max and
+spread (max - min); ratios are the writer's median over each peer's, because on a
+shared machine absolute numbers drift while subjects measured side by side in the
+same run drift together.
+"""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .measure import summarise
+from .procs import REPO, machine_info
+from .scenarios import LATENCY_MS, LINGER_MS, MAX_RECORDS, TPS, build_cases
+
+if TYPE_CHECKING:
+    from .runner import Bench
+
+__all__ = ["build_report", "format_figure", "list_scenarios", "targets", "write_report"]
+
+E2E_TARGET_MS = LINGER_MS + 2 * LATENCY_MS + 100
+PEERS = ("unitary", "sdk", "cubic")
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def _median(report: dict[str, Any], case: str, figure: str, subject: str = "writer") -> Any:
+    try:
+        return report["cases"][case]["subjects"][subject]["figures"][figure]["median"]
+    except (KeyError, TypeError):
+        return None
+
+
+# The delivery issue's targets read from one case's writer median:
+# (target, case, figure, bound, whether the figure must be at least the bound).
+TARGETS = (
+    ("successful calls >= 97% of the limit", "saturation", "utilisation", 0.97, True),
+    ("429s <= 1% of calls", "saturation", "throttled_ratio", 0.01, False),
+    (
+        f"records/s >= 0.95 x {TPS:g} x {MAX_RECORDS}",
+        "saturation",
+        "records_per_s",
+        0.95 * TPS * MAX_RECORDS,
+        True,
+    ),
+    ("429s <= 1%, sliding window", "limiter-models/sliding", "throttled_ratio", 0.01, False),
+    ("429s <= 2%, fixed window", "limiter-models/fixed", "throttled_ratio", 0.02, False),
+    ("429s <= 2%, token bucket", "limiter-models/token_bucket", "throttled_ratio", 0.02, False),
+    (
+        "records per writer CPU-second, HTTP intake to ack (both at once)",
+        "steady",
+        "records_per_cpu_s",
+        30_000,
+        True,
+    ),
+    (
+        f"end-to-end p99 at half capacity <= {E2E_TARGET_MS:g} ms (linger + 2 x latency + 100)",
+        "steady",
+        "e2e_p99_ms",
+        E2E_TARGET_MS,
+        False,
+    ),
+)
+
+
+def _target(
+    name: str, source: str, value: Any, bound: float, at_least: bool, unit: str
+) -> dict[str, Any]:
+    met = None if value is None else (value >= bound if at_least else value <= bound)
+    wanted = (">= " if at_least else "<= ") + format_figure(unit, bound)
+    return {
+        "target": name,
+        "source": source,
+        "value": value,
+        "wanted": wanted,
+        "unit": unit,
+        "met": met,
+    }
+
+
+def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The delivery issue's targets, each with the writer's median figure and a verdict."""
+    rows = [
+        _target(name, case, _median(report, case, figure), bound, at_least, figure)
+        for name, case, figure, bound, at_least in TARGETS
+    ]
+    # CPU at full rate: the filling's intake cost per event plus saturation's delivery cost.
+    fill = report.get("backlog_fill") or {}
+    delivery = _median(report, "saturation", "records_per_cpu_s")
+    combined = None
+    if fill.get("cpu_us_per_event") and delivery:
+        combined = 1.0 / (fill["cpu_us_per_event"] / 1e6 + 1.0 / delivery)
+    name = "records per writer CPU-second, HTTP intake + delivery at saturation"
+    rows.append(
+        _target(name, "backlog fill + saturation", combined, 30_000, True, "records_per_cpu_s")
+    )
+    # Memory: the higher of the two peaks, filling and delivering.
+    peaks = [
+        _median(report, "memory", f"peak_rss_{phase}_mb") for phase in ("filling", "delivering")
+    ]
+    peak = max((v for v in peaks if v is not None), default=None)
+    waiting = _median(report, "memory", "events_waiting")
+    source = "memory" + (f" ({waiting:,.0f} events waiting)" if waiting else "")
+    name = "RSS < 200 MB with one million events waiting"
+    rows.append(_target(name, source, peak, 200, False, "peak_rss_mb"))
+    return rows
+
+
+# The first rule whose ending matches the figure's name decides how it is shown.
+FORMATS = (
+    (("ratio", "utilisation", "share"), lambda v: f"{v * 100:.1f}%"),
+    (("per_s", "per_cpu_s"), lambda v: f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"),
+    (("_ms",), lambda v: f"{v:,.0f} ms" if abs(v) >= 10 else f"{v:.1f} ms"),
+    (("_mb",), lambda v: f"{v:,.0f} MB"),
+    (("_us_per_event",), lambda v: f"{v:.1f} µs"),
+    (("_s",), lambda v: f"{v:.2f} s"),
+)
+
+
+def format_figure(name: str, value: Any) -> str:
+    """A figure for people: percentages, units from the name's ending, thousands."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if not isinstance(value, int | float):
+        return str(value)
+    for endings, show in FORMATS:
+        if any(name.endswith(ending) or f"{ending}_" in name for ending in endings):
+            return show(value)
+    if float(value).is_integer():
+        return f"{value:,.0f}"
+    return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def _case_report(result: dict[str, Any]) -> dict[str, Any]:
+    case = result["case"]
+    subjects: dict[str, Any] = {}
+    for name, runs in result["runs"].items():
+        figure_names: list[str] = []
+        for run in runs:
+            figure_names += [k for k in run["figures"] if k not in figure_names]
+        subjects[name] = {
+            "repeats": len(runs),
+            "figures": {
+                k: summarise([r["figures"].get(k) for r in runs])
+                for k in figure_names
+                if all(isinstance(r["figures"].get(k), int | float | type(None)) for r in runs)
+            },
+            "runs": [r["figures"] for r in runs],
+        }
+    ratios: dict[str, dict[str, float | None]] = {}
+    writer = subjects.get("writer", {}).get("figures", {})
+    for name, data in subjects.items():
+        if name not in PEERS or not writer:
+            continue
+        ratios[name] = {}
+        for figure in case.figures:
+            mine = (writer.get(figure) or {}).get("median")
+            theirs = (data["figures"].get(figure) or {}).get("median")
+            ratios[name][figure] = mine / theirs if mine is not None and theirs else None
+    return {
+        "scenario": case.scenario,
+        "description": case.description,
+        "load": case.load,
+        "params": {
+            "warmup_s": case.warmup_s,
+            "duration_s": case.duration_s,
+            "drain_s": case.drain_s,
+            "events": case.events or None,
+            "rate_share": case.rate_share if case.load == "poisson" else None,
+            "poison_share": case.poison_share or None,
+            "knobs": case.knobs_for_run(),
+            "phases": [{"at_s": p.at_s, "label": p.label, **p.changes} for p in case.phases],
+        },
+        "headline": list(case.figures),
+        "subjects": subjects,
+        "ratios": ratios,
+        "skipped": result.get("skipped", {}),
+        "errors": result.get("errors", []),
+        "plots": result.get("plots", []),
+    }
+
+
+def build_report(bench: Bench, started: float) -> dict[str, Any]:
+    finished = getattr(bench, "finished", None) or time.time()
+    machine = machine_info()
+    # The load average when the run began tells more about its noise than the one at the end.
+    at_start = getattr(bench, "machine_at_start", None)
+    if at_start:
+        machine["loadavg_start"] = at_start["loadavg"]
+    machine["loadavg_end"] = machine.pop("loadavg")
+    report: dict[str, Any] = {
+        "version": 1,
+        "started_at": datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
+        "finished_at": datetime.datetime.fromtimestamp(finished).isoformat(timespec="seconds"),
+        "duration_s": round(finished - started, 1),
+        "mode": bench.options.mode,
+        "repeats": bench.options.repeats,
+        "scale": bench.options.scale,
+        "scenarios": bench.options.scenarios,
+        "subjects": list(bench.options.subjects),
+        "git_commit": _git_commit(),
+        "machine": machine,
+        "settings": {
+            "tps_limit": TPS,
+            "max_records": MAX_RECORDS,
+            "linger_ms": LINGER_MS,
+            "campaign_latency_ms": LATENCY_MS,
+            "capacity_records_per_s": TPS * MAX_RECORDS,
+            "writer_config": "config/example.toml",
+        },
+        "backlog_fill": bench.backlog.figures,
+        "cases": {name: _case_report(result) for name, result in bench.cases.items()},
+    }
+    report["targets"] = targets(report)
+    return report
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    from .markdown import render
+
+    return render(report)
+
+
+def write_report(bench: Bench, started: float, *, plots: bool = True) -> Path:
+    if plots:
+        from .plots import plot_case
+
+        for name, result in bench.cases.items():
+            result["plots"] = plot_case(name, result, bench.out)
+    report = build_report(bench, started)
+    (bench.out / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    path = bench.out / "report.md"
+    path.write_text(_markdown(report))
+    return path
+
+
+def list_scenarios() -> str:
+    quick, full = build_cases("quick"), build_cases("full")
+    lines = []
+    for name, cases in full.items():
+        lines.append(f"{name}")
+        for case, short in zip(cases, quick[name], strict=True):
+            lines.append(f"  {case.name}: {case.description}")
+            quick_s = short.warmup_s + short.duration_s
+            full_s = case.warmup_s + case.duration_s
+            lines.append(f"    quick: {quick_s:g} s per run; full: {full_s:g} s per run")
+    return "\n".join(lines)

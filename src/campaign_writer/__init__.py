@@ -1,0 +1,7 @@
+"""campaign-writer: a throttled, batching writer service for Adobe Campaign v8."""
+
+from __future__ import annotations
+
+__all__ = ["__version__"]
+
+__version__ = "0.1.0"

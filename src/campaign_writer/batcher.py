@@ -1,0 +1,290 @@
+"""Coalescing lanes: records in, staging batches out, per-key order kept.
+
+One :class:`Lane` per (schema, method). Within a lane, records with the same key
+merge into one pending entry: later attributes win, and a delete replaces the writes
+before it (a write after a delete cannot merge and waits behind it). Entries keep
+the queue ids of every record merged into them, so they are acknowledged or
+dead-lettered together.
+
+Key affinity: while a batch holding key K is in flight, K is *held*. New records for
+K keep merging into its pending entry but are not sent until the batch ends, so an
+older write can never land after a newer one. Entries of other keys flow past it.
+A failed entry goes back to the *front* of its lane and newer records for its key
+merge on top of it, which keeps the order through retries too.
+
+A lane flushes when it holds ``max_records`` entries, ``max_bytes`` of them, or its
+oldest entry has lingered ``linger_s``. Everything here is synchronous and
+clock-free; :mod:`campaign_writer.dispatcher` drives it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+from .documents import StagingRecord, parse_fragment, render_fragment
+
+__all__ = ["Batch", "Batcher", "Entry", "Lane", "LaneId", "merge_operations"]
+
+CollectionMode = Literal["auto", "always", "never"]
+
+# How two write operations on one key combine, older first.
+_COMBINED: dict[tuple[str, str], str] = {
+    ("insert", "update"): "insert",
+    ("insert", "insertOrUpdate"): "insertOrUpdate",
+    ("update", "insert"): "insertOrUpdate",
+    ("update", "insertOrUpdate"): "insertOrUpdate",
+    ("insertOrUpdate", "update"): "insertOrUpdate",
+    ("insertOrUpdate", "insert"): "insertOrUpdate",
+}
+
+
+class LaneId(NamedTuple):
+    schema: str
+    method: str
+
+
+def merge_operations(older: str | None, newer: str | None) -> tuple[bool, str | None]:
+    """Whether two operations on one key can merge, and the merged operation."""
+    if newer == "delete":
+        return True, "delete"
+    if older == "delete":
+        return False, None
+    if older == newer:
+        return True, newer
+    if older is not None and newer is not None and (older, newer) in _COMBINED:
+        return True, _COMBINED[(older, newer)]
+    return False, None
+
+
+@dataclass(slots=True)
+class Entry:
+    """One pending entity: possibly several records merged, with all their queue ids.
+
+    It holds the record's rendered fragment (see :mod:`campaign_writer.documents`);
+    attributes are parsed back only when a newer record of the same key merges in.
+    """
+
+    key: str | None
+    fragment: str
+    ids: list[int]
+    created_at: float  # wall-clock intake time of the oldest record merged in
+    arrived: float  # batcher clock when the oldest record reached the lane
+    size: int
+
+    @classmethod
+    def of(
+        cls,
+        key: str | None,
+        record: StagingRecord,
+        ids: list[int],
+        created_at: float,
+        arrived: float,
+    ) -> Entry:
+        fragment = render_fragment(record.attrs, record.operation, record.key)
+        return cls(key, fragment, ids, created_at, arrived, len(fragment))
+
+    def record(self) -> StagingRecord:
+        return parse_fragment(self.fragment)
+
+    def absorb(self, newer: Entry) -> bool:
+        """Merge ``newer`` (same key, later) into this entry; False if they cannot merge."""
+        mine = parse_fragment(self.fragment)
+        theirs = parse_fragment(newer.fragment)
+        ok, operation = merge_operations(mine.operation, theirs.operation)
+        if not ok:
+            return False
+        attrs = dict(theirs.attrs) if operation == "delete" else {**mine.attrs, **theirs.attrs}
+        self.fragment = render_fragment(attrs, operation, theirs.key or mine.key)
+        self.ids.extend(newer.ids)
+        self.size = len(self.fragment)
+        return True
+
+
+@dataclass(eq=False)
+class Batch:
+    """Entries of one lane sent in one call; ``collection`` says which document shape."""
+
+    lane: Lane
+    entries: list[Entry]
+    collection: bool
+
+    @property
+    def record_count(self) -> int:
+        return sum(len(e.ids) for e in self.entries)
+
+
+@dataclass(eq=False)
+class Lane:
+    """Pending entries of one (schema, method), in order, with held keys."""
+
+    id: LaneId
+    mode: CollectionMode = "auto"
+    collections: bool = True
+    pending: OrderedDict[Hashable, list[Entry]] = field(default_factory=OrderedDict)
+    held: set[Hashable] = field(default_factory=set)
+    count: int = 0
+    bytes: int = 0
+    not_before: float = 0.0  # lane-level backoff after a transient failure
+    failures: int = 0
+    blocked: bool = False  # every pending key is held: wait for a release
+    merges: int = 0
+    clean_bisections: int = 0  # see Dispatcher._bisect
+
+    def __post_init__(self) -> None:
+        self.collections = self.mode != "never"
+
+    @property
+    def oldest_arrival(self) -> float | None:
+        for chain in self.pending.values():
+            return chain[0].arrived
+        return None
+
+    def _slot(self, entry: Entry) -> Hashable:
+        return entry.key if entry.key is not None else ("#id", entry.ids[0])
+
+    def add(self, entry: Entry) -> None:
+        """Append a new record's entry, merging it into its key's last pending entry."""
+        slot = self._slot(entry)
+        chain = self.pending.get(slot)
+        if chain is None:
+            self.pending[slot] = [entry]
+        elif chain[-1].absorb(entry):
+            self.merges += 1
+            return
+        else:
+            chain.append(entry)
+        self.count += 1
+        self.bytes += entry.size
+        if slot not in self.held:
+            self.blocked = False
+
+    def put_back(self, entries: Iterable[Entry]) -> None:
+        """Return unsent or failed entries to the front, before newer ones of their key."""
+        for entry in reversed(list(entries)):
+            slot = self._slot(entry)
+            chain = self.pending.get(slot)
+            if chain is None:
+                self.pending[slot] = [entry]
+            else:
+                newer = chain[0]
+                if entry.absorb(newer):
+                    chain[0] = entry
+                    self.count -= 1
+                    self.bytes -= newer.size
+                else:
+                    chain.insert(0, entry)
+            self.pending.move_to_end(slot, last=False)
+            self.count += 1
+            self.bytes += entry.size
+        self.blocked = False
+
+    def take(self, max_records: int, max_bytes: int) -> list[Entry]:
+        """Up to ``max_records`` / ``max_bytes`` of sendable entries; their keys become held."""
+        limit = max_records if self.collections else 1
+        chosen: list[Hashable] = []
+        size = 0
+        for slot, chain in self.pending.items():
+            if slot in self.held:
+                continue
+            entry_size = chain[0].size
+            if chosen and size + entry_size > max_bytes:
+                break
+            chosen.append(slot)
+            size += entry_size
+            if len(chosen) >= limit:
+                break
+        if not chosen:
+            self.blocked = bool(self.pending)
+            return []
+        entries = []
+        for slot in chosen:
+            chain = self.pending[slot]
+            entry = chain.pop(0)
+            if not chain:
+                del self.pending[slot]
+            self.held.add(slot)
+            entries.append(entry)
+        self.count -= len(entries)
+        self.bytes -= size
+        return entries
+
+    def release(self, entries: Iterable[Entry]) -> None:
+        """The batch holding these entries has ended: their keys may be sent again."""
+        for entry in entries:
+            self.held.discard(self._slot(entry))
+        self.blocked = False
+
+    def ready_at(self, linger_s: float, max_records: int, max_bytes: int) -> float | None:
+        """When this lane should flush (batcher clock), or None if it has nothing to send."""
+        oldest = self.oldest_arrival
+        if oldest is None or self.blocked:
+            return None
+        full = self.count >= (max_records if self.collections else 1) or self.bytes >= max_bytes
+        due = self.not_before if full else max(self.not_before, oldest + linger_s)
+        return due
+
+
+class Batcher:
+    """All lanes of one writer, with the flush policy; not thread-safe, not async."""
+
+    def __init__(
+        self,
+        *,
+        max_records: int,
+        max_bytes: int,
+        linger_s: float,
+        modes: dict[LaneId, CollectionMode] | None = None,
+    ) -> None:
+        self.max_records = max_records
+        self.max_bytes = max_bytes
+        self.linger_s = linger_s
+        self.modes = dict(modes or {})
+        self.lanes: dict[LaneId, Lane] = {}
+        self.pending = 0  # records (not entries) held in memory, for the lease budget
+
+    def lane(self, lane_id: LaneId) -> Lane:
+        lane = self.lanes.get(lane_id)
+        if lane is None:
+            lane = self.lanes[lane_id] = Lane(lane_id, self.modes.get(lane_id, "auto"))
+        return lane
+
+    def add(self, lane_id: LaneId, entry: Entry) -> None:
+        self.lane(lane_id).add(entry)
+        self.pending += len(entry.ids)
+
+    def next_batch(self, now: float) -> tuple[Batch | None, float | None]:
+        """The batch to send now, or None and the time the next lane becomes due."""
+        best: Lane | None = None
+        best_due = None
+        wake = None
+        for lane in self.lanes.values():
+            due = lane.ready_at(self.linger_s, self.max_records, self.max_bytes)
+            if due is None:
+                continue
+            if due > now:
+                wake = due if wake is None else min(wake, due)
+                continue
+            oldest = lane.oldest_arrival
+            if best is None or (oldest is not None and best_due is not None and oldest < best_due):
+                best, best_due = lane, oldest
+        if best is None:
+            return None, wake
+        entries = best.take(self.max_records, self.max_bytes)
+        if not entries:
+            return self.next_batch(now)  # that lane was blocked after all; look again
+        return Batch(best, entries, best.collections), None
+
+    def finished(self, batch: Batch, entries: Iterable[Entry]) -> None:
+        """Entries of ``batch`` reached a final state (acked or dead-lettered)."""
+        entries = list(entries)
+        self.pending -= sum(len(e.ids) for e in entries)
+        batch.lane.release(entries)
+
+    def put_back(self, batch: Batch, entries: Iterable[Entry]) -> None:
+        """Entries of ``batch`` go back to their lane, before newer ones of their keys."""
+        entries = list(entries)
+        batch.lane.release(entries)
+        batch.lane.put_back(entries)

@@ -1,0 +1,118 @@
+"""``campaign-writer run``: the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["HELP", "configure", "execute"]
+
+HELP = "Run the writer daemon: HTTP and broker intake, durable queue, delivery to Campaign."
+
+SAMPLE_EVENT = '{"type":"sample","id":"demo-1","testcol1":"hello","testcol2":"world"}'
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, metavar="FILE", help="TOML config file")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config key (repeatable; secrets cannot be set here)",
+    )
+    parser.add_argument(
+        "--with-simulator",
+        action="store_true",
+        help="also start the Campaign simulator at campaign.url (for `make run` and demos)",
+    )
+
+
+def execute(args: argparse.Namespace) -> Coroutine[Any, Any, int]:
+    return _run(args)
+
+
+async def _start_simulator(url: str) -> asyncio.subprocess.Process:
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or 8081
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "campaign_writer",
+        "simulate",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), 30)
+    except TimeoutError:
+        line = b""
+    if not line.startswith(b"simulator listening on"):
+        process.kill()
+        await process.wait()
+        raise RuntimeError(f"the simulator did not start on {host}:{port}")
+    print(line.decode().strip(), flush=True)
+    return process
+
+
+async def _stop_simulator(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from ..config import load
+    from ..daemon import Daemon
+    from ..errors import CampaignWriterError, ConfigError
+    from ..logs import setup_logging
+
+    try:
+        config = load(args.config, overrides=args.set)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{args.config}: {problem}", file=sys.stderr)
+        return 2
+    fmt = config.log.format
+    setup_logging(config.log.level, json=None if fmt == "auto" else fmt == "json")
+    simulator = await _start_simulator(config.campaign.url) if args.with_simulator else None
+    daemon = Daemon(config)
+    try:
+        try:
+            await daemon.start()
+        except CampaignWriterError as exc:
+            print(f"campaign-writer: cannot start: {exc}", file=sys.stderr)
+            return 1
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, daemon.stop)
+        assert daemon.http is not None
+        print(f"campaign-writer ready: intake {daemon.http.url}/v1/events", flush=True)
+        if simulator is not None:
+            print(
+                "try: curl -sS -X POST "
+                f"{daemon.http.url}/v1/events -H 'Content-Type: application/json' "
+                f"-d '{SAMPLE_EVENT}'\n"
+                f"then: curl -sS '{config.campaign.url.rstrip('/')}"
+                "/__sim/records?schema=dem:sampleTableStg'",
+                flush=True,
+            )
+        return await daemon.wait()
+    finally:
+        await daemon.close()
+        if simulator is not None:
+            await _stop_simulator(simulator)

@@ -1,0 +1,52 @@
+"""``campaign-writer validate``: check a config file, print every problem with its path."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["HELP", "configure", "execute"]
+
+HELP = "Check a config file; print every problem with its key path (exit 1 if any)."
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, metavar="FILE", help="TOML config file")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="check with this override applied, as `run --set` would (repeatable)",
+    )
+
+
+def execute(args: argparse.Namespace) -> int:
+    from ..config import load
+    from ..errors import ConfigError
+
+    try:
+        config = load(args.config, overrides=args.set)
+    except ConfigError as exc:
+        count = len(exc.problems)
+        print(f"{args.config}: {count} problem{'s' if count != 1 else ''}")
+        for problem in exc.problems:
+            print(problem)
+        return 1
+    routes = ", ".join(f"{r.name} -> {r.schema} ({r.method})" for r in config.routes)
+    print(f"{args.config}: OK")
+    print(
+        f"  campaign  {config.campaign.url} (auth {config.campaign.auth.mode}, "
+        f"tps_limit {config.campaign.tps_limit:g})"
+    )
+    print(
+        f"  intake    http://{config.http.listen}/v1/events"
+        f"{' (token required)' if config.http.token else ''}"
+    )
+    print(
+        f"  queue     {config.queue.path} (max {config.queue.max_bytes} bytes, "
+        f"synchronous {config.queue.synchronous})"
+    )
+    print(f"  routes    {routes}")
+    if config.sources:
+        print(f"  sources   {', '.join(f'{s.name} ({s.kind})' for s in config.sources)}")
+    return 0

@@ -1,0 +1,294 @@
+"""Wiring and lifecycle: build every stage from the config, start them, stop them in order.
+
+Start order is queue -> Campaign client and auth -> delivery -> admin -> intake, so
+nothing is accepted before it can be stored, and intake is the last thing to open.
+Stop order is the reverse of intake first: sources and HTTP intake stop taking
+events, delivery finishes or releases its in-flight batches within
+``daemon.shutdown_timeout_s``, then auth logs off and the queue closes. Whatever was
+not delivered stays in the queue; the next start resumes it.
+
+One supervisor (:meth:`Daemon.wait`) watches every long-running task: a stage that
+crashes stops the daemon with an error instead of disappearing silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .admin import AdminServer
+from .auth import Authenticator, create_authenticator
+from .batcher import Batcher, LaneId
+from .config import Config, split_listen
+from .dispatcher import Dispatcher, RetryPolicy
+from .errors import AuthError, CampaignError, CampaignWriterError
+from .logs import get_logger
+from .metrics import Metrics
+from .queue import DurableQueue
+from .router import Router
+from .sender import CampaignClient
+from .sources import build_sources
+from .sources.http import HttpIntake
+from .throttle import TenantThrottle
+from .transport import HttpTransport, TlsPolicy
+
+__all__ = ["Daemon", "ThrottleFactory"]
+
+log = get_logger("daemon")
+
+# Builds the tenant throttle from the config and the daemon's metrics.
+ThrottleFactory = Callable[[Config, Metrics], TenantThrottle]
+
+PROBE_INTERVAL_S = 15.0
+
+
+class Daemon:
+    """The whole writer: intake, queue, delivery and the admin listener."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        metrics: Metrics | None = None,
+        throttle_factory: ThrottleFactory | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        # The benchmark's "cubic" peer swaps the throttle for another rate controller;
+        # production always builds the TenantThrottle below.
+        self._throttle_factory = throttle_factory
+        self.queue: DurableQueue | None = None
+        self.transport: HttpTransport | None = None
+        self.throttle: TenantThrottle | None = None
+        self.client: CampaignClient | None = None
+        self.auth: Authenticator | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.admin: AdminServer | None = None
+        self.http: HttpIntake | None = None
+        self.sources: list[Any] = []
+        self._probe: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self._campaign_seen = 0.0
+        self._campaign_problem: str | None = "not contacted yet"
+        self.started_at = time.time()
+
+    # --- start -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open every stage; on failure, close what was opened and re-raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self) -> None:
+        config = self.config
+        campaign = config.campaign
+        self.queue = await DurableQueue.open(
+            config.queue.path,
+            max_bytes=config.queue.max_bytes,
+            synchronous=config.queue.synchronous,
+        )
+        router = Router(config)
+        self.transport = HttpTransport(
+            timeout_s=config.sender.timeout_s,
+            max_response_bytes=campaign.max_response_bytes,
+            tls=TlsPolicy(campaign.tls.verify, campaign.tls.ca_bundle),
+            max_connections=config.sender.max_in_flight + 8,
+        )
+        await self.transport.start()
+        if self._throttle_factory is not None:
+            self.throttle = self._throttle_factory(config, self.metrics)
+        else:
+            self.throttle = TenantThrottle(
+                campaign.tps_limit,
+                retry_after_cap_s=campaign.retry_after_cap_s,
+                on_rate_change=self.metrics.rate_limit.set,
+            )
+        self.client = CampaignClient(
+            campaign.url,
+            self.transport,
+            self.throttle,
+            wire=campaign.wire,
+            metrics=self.metrics,
+            max_response_bytes=campaign.max_response_bytes,
+        )
+        self.auth = create_authenticator(
+            campaign.auth, self.client, self.transport, metrics=self.metrics
+        )
+        modes = {LaneId(route.schema, route.method): route.collection for route in config.routes}
+        batcher = Batcher(
+            max_records=config.batch.max_records,
+            max_bytes=config.batch.max_bytes,
+            linger_s=config.batch.linger_ms / 1000.0,
+            modes=modes,
+        )
+        self.dispatcher = Dispatcher(
+            self.queue,
+            self.client,
+            self.auth,
+            batcher,
+            retry=RetryPolicy(
+                config.retry.max_age_s, config.retry.initial_backoff_s, config.retry.max_backoff_s
+            ),
+            max_in_flight=config.sender.max_in_flight,
+            metrics=self.metrics,
+        )
+        await self.dispatcher.start()
+        host, port = split_listen(config.admin.listen)
+        self.admin = AdminServer(
+            host, port, self.metrics, self.readiness, self.stats, before_scrape=self._refresh_gauges
+        )
+        await self.admin.start()
+        self._probe = asyncio.create_task(self._watch_campaign())
+        self.http = HttpIntake(config, router, self.queue, self.metrics)
+        await self.http.start()
+        self.sources = build_sources(config, router, self.queue, self.metrics)
+        for source in self.sources:
+            await source.start()
+        log.info(
+            "campaign-writer started",
+            extra={
+                "intake": self.http.url,
+                "admin": self.admin.url,
+                "campaign": campaign.url,
+                "tps_limit": campaign.tps_limit,
+                "auth": campaign.auth.mode,
+            },
+        )
+
+    # --- run -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the daemon to shut down (signal handlers call this)."""
+        self._stopped.set()
+
+    async def wait(self) -> int:
+        """Run until stop() or until a stage crashes; returns the exit code."""
+        while not self._stopped.is_set():
+            crashed = self._crashed_stage()
+            if crashed is not None:
+                log.critical("a stage crashed; shutting down", extra={"stage": crashed})
+                return 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), 1.0)
+        return 0
+
+    def _crashed_stage(self) -> str | None:
+        if self.dispatcher is not None and self.dispatcher.crashed is not None:
+            return f"delivery: {self.dispatcher.crashed!r}"
+        for source in self.sources:
+            crashed = getattr(source, "crashed", None)
+            if crashed is not None:
+                return f"source {source.name}: {crashed!r}"
+        if self._probe is not None and self._probe.done() and not self._probe.cancelled():
+            error = self._probe.exception()
+            if error is not None:
+                return f"campaign probe: {error!r}"
+        return None
+
+    # --- stop ------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop intake, drain or release delivery, log off, close the queue."""
+        timeout = self.config.daemon.shutdown_timeout_s
+        for source in reversed(self.sources):
+            await source.close()
+        self.sources = []
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
+        if self.dispatcher is not None:
+            await self.dispatcher.close(timeout)
+            self.dispatcher = None
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)
+            self._probe = None
+        if self.auth is not None:
+            await self.auth.close()
+            self.auth = None
+        if self.transport is not None:
+            await self.transport.close()
+            self.transport = None
+        if self.admin is not None:
+            await self.admin.close()
+            self.admin = None
+        if self.queue is not None:
+            await self.queue.close()
+            self.queue = None
+        log.info("campaign-writer stopped")
+
+    # --- health ----------------------------------------------------------------------
+
+    async def _watch_campaign(self) -> None:
+        """Authenticate early and keep /readyz's 'campaign' check current."""
+        assert self.auth is not None
+        assert self.transport is not None
+        while True:
+            try:
+                await self.auth.credentials()
+            except (AuthError, CampaignError) as exc:
+                log.warning("cannot authenticate to Campaign yet", extra={"error": str(exc)})
+            await self._probe_campaign()
+            await asyncio.sleep(PROBE_INTERVAL_S)
+
+    async def _probe_campaign(self) -> None:
+        assert self.transport is not None
+        if self.metrics_seen_recently():
+            self._campaign_problem = None
+            return
+        url = self.config.campaign.url.rstrip("/") + "/r/test"
+        try:
+            response = await self.transport.get(url)
+        except CampaignWriterError as exc:
+            self._campaign_problem = f"unreachable: {exc}"
+            return
+        self._campaign_seen = time.monotonic()
+        self._campaign_problem = None if response.status < 500 else f"HTTP {response.status}"
+
+    def metrics_seen_recently(self) -> bool:
+        """True when a call or probe got an HTTP answer in the last probe interval."""
+        last = max(self._campaign_seen, self.client.last_response_at if self.client else 0.0)
+        return time.monotonic() - last < PROBE_INTERVAL_S
+
+    def readiness(self) -> dict[str, str | None]:
+        auth = self.auth
+        dispatcher = self.dispatcher
+        return {
+            "queue": None if self.queue is not None else "closed",
+            "auth": None
+            if auth is not None and auth.ready
+            else (auth.last_error if auth is not None and auth.last_error else "not authenticated"),
+            "campaign": self._campaign_problem,
+            "delivery": None
+            if dispatcher is not None and dispatcher.fatal is None
+            else (dispatcher.fatal if dispatcher is not None else "stopped"),
+        }
+
+    def _refresh_gauges(self) -> None:
+        if self.queue is None:
+            return
+        stats = self.queue.stats()
+        self.metrics.queue_depth.set(stats.depth)
+        self.metrics.queue_bytes.set(stats.bytes)
+        self.metrics.dead_letter_depth.set(stats.dead_letters)
+
+    def stats(self) -> dict[str, Any]:
+        self._refresh_gauges()
+        return {
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "queue": self.queue.stats().as_dict() if self.queue is not None else None,
+            "delivery": self.dispatcher.stats() if self.dispatcher is not None else None,
+            "auth": {
+                "mode": self.config.campaign.auth.mode,
+                "ready": bool(self.auth and self.auth.ready),
+                "last_error": self.auth.last_error if self.auth else None,
+            },
+            "ready": self.readiness(),
+            "sources": [getattr(s, "stats", dict)() for s in self.sources],
+        }

@@ -1,0 +1,647 @@
+"""The queue's SQLite file: its schema, the checks made when opening it, and its thread.
+
+The file holds three tables:
+
+* ``records``: events mapped to staging records, waiting for delivery, with their
+  original event bytes, attempt count and ``retry_at``;
+* ``dead_letters``: records Campaign refused for good and broker messages that never
+  became records, each with its original bytes, reason, HTTP status and fault code;
+* ``totals``: one row of counts and byte sums, kept exact inside every transaction by
+  every process that writes, so ``queue.max_bytes`` holds across processes too. The
+  bound covers records and dead letters alike: it is the file's budget on disk.
+
+:class:`Worker` runs in the queue's own thread and is the only user of its
+connection. It takes all the jobs waiting for it and runs the writes among them in
+ONE transaction, so concurrent appends share one fsync (group commit); reads run
+after that commit, so a lease never sees a row that could still be rolled back.
+
+Damage is never papered over. A file that is not SQLite, is shorter than its header
+says, or fails ``PRAGMA quick_check`` after an unclean shutdown raises
+:class:`~campaign_writer.errors.QueueCorruptError`, whose message gives the recovery
+path (:func:`corrupt_message`). sqlite3's exceptions are translated here
+(:func:`translate_error`) and never leave the queue modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Empty, SimpleQueue
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+import orjson
+
+from .errors import QueueCorruptError, QueueError, QueueFullError
+from .logs import get_logger
+
+if TYPE_CHECKING:
+    from .queue import QueueItem, RawDeadLetter
+
+__all__ = [
+    "BUSY_TIMEOUT_S",
+    "ROW_OVERHEAD",
+    "SQL_SET_TOTALS",
+    "SQL_TOTALS",
+    "Job",
+    "Snapshot",
+    "Worker",
+    "corrupt_message",
+    "insert_records",
+    "open_connection",
+    "snapshot",
+    "translate_error",
+]
+
+log = get_logger("queue")
+
+ROW_OVERHEAD: Final = 64  # bytes counted per row on top of its payloads (ids, times, index)
+SCHEMA_VERSION: Final = 1
+BUSY_TIMEOUT_S: Final = 10.0  # another process (the CLI) may hold the write lock briefly
+_IDLE_POLL_S: Final = 0.25
+_MAX_JOBS_PER_COMMIT: Final = 512
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    lane TEXT NOT NULL,
+    key TEXT,
+    record BLOB NOT NULL,
+    event BLOB NOT NULL,
+    source TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    retry_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    record_id INTEGER,
+    source TEXT NOT NULL,
+    lane TEXT,
+    key TEXT,
+    record BLOB,
+    event BLOB NOT NULL,
+    headers BLOB,
+    reason TEXT NOT NULL,
+    status INTEGER,
+    code TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    dead_at REAL NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_code ON dead_letters(code);
+CREATE TABLE IF NOT EXISTS totals (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    records INTEGER NOT NULL,
+    record_bytes INTEGER NOT NULL,
+    dead_letters INTEGER NOT NULL,
+    dead_letter_bytes INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO totals VALUES (1, 0, 0, 0, 0);
+CREATE TABLE IF NOT EXISTS state (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_TABLES: Final = frozenset({"records", "dead_letters", "totals", "state"})
+
+# A record's size is its two payloads plus ROW_OVERHEAD; SQLite knows a BLOB's length
+# without reading it, so the size is computed when needed rather than stored.
+# Written out in each query below as "length(record) + length(event) + 64".
+_INSERT_RECORDS: Final = (
+    "INSERT INTO records (lane, key, record, event, source, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+)
+_MAX_ROWS_PER_INSERT: Final = 512  # 3,072 parameters, well under SQLite's 32,766
+_inserts: dict[int, str] = {}
+SQL_INSERT_RAW: Final = (
+    "INSERT INTO dead_letters (source, event, headers, reason, code, created_at, dead_at, size) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+SQL_TOTALS: Final = "SELECT records, record_bytes, dead_letters, dead_letter_bytes FROM totals"
+SQL_SET_TOTALS: Final = (
+    "UPDATE totals SET records = ?, record_bytes = ?, dead_letters = ?, dead_letter_bytes = ?"
+)
+
+
+# --- the file -----------------------------------------------------------------------
+
+
+def corrupt_message(path: Path, detail: str) -> str:
+    """What went wrong and how to recover, for QueueCorruptError.
+
+    The salvage uses the sqlite3 command's ``.dump``, which every build has (``.recover``
+    needs an optional extension). On a damaged file ``.dump`` skips what it cannot read
+    and ends with ROLLBACK; sed turns that into COMMIT so the readable rows are kept.
+    The writer adopts the new file and recounts its totals from the rows.
+    """
+    damaged = f"{path}.damaged"
+    command = (
+        f"mv {path} {damaged} && {{ mv {path}-wal {damaged}-wal; rm -f {path}-shm; }} "
+        f"2>/dev/null; sqlite3 {damaged} .dump | sed 's/^ROLLBACK; -- due to errors$/COMMIT;/' "
+        f"| sqlite3 {path}"
+    )
+    return (
+        f"queue file {path} is damaged ({detail}). The writer refuses to start on it rather "
+        "than begin with an empty queue. Recovery: stop the writer, salvage the readable "
+        f"records into a new file with `{command}` (needs the sqlite3 command), then start "
+        f"the writer again; it adopts the salvaged file. Keep {damaged} until satisfied."
+    )
+
+
+def translate_error(exc: sqlite3.Error, path: Path) -> QueueError:
+    """sqlite3's exception as one of ours; the only place their names are read."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith("SQLITE_FULL"):
+        return QueueFullError(f"the disk holding {path} is full ({exc})")
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return QueueCorruptError(corrupt_message(path, str(exc)))
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return QueueError(f"{path} stayed locked by another process for {BUSY_TIMEOUT_S:g} s")
+    return QueueError(f"queue file {path}: {exc}")
+
+
+def _check_header(path: Path) -> None:
+    """Refuse a file that is not SQLite or is shorter than its header says."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            header = handle.read(100)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise QueueError(f"cannot read queue file {path}: {exc.strerror}") from None
+    if size == 0:
+        return
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        raise QueueCorruptError(corrupt_message(path, "not an SQLite database"))
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        return  # a crashed run: the WAL may legitimately hold the newest pages
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    # The header's page count is valid when "version-valid-for" equals the change counter.
+    if header[92:96] == header[24:28] and pages and size < pages * page_size:
+        raise QueueCorruptError(
+            corrupt_message(path, f"truncated: {size} of {pages * page_size} bytes")
+        )
+
+
+def open_connection(path: Path, *, synchronous: str = "FULL", create: bool) -> sqlite3.Connection:
+    """A connection to a checked queue file, WAL on; creates the schema if ``create``."""
+    if not create and not path.exists():
+        raise QueueError(f"no queue file at {path}")
+    _check_header(path)
+    if create:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise QueueError(f"cannot create {path.parent}: {exc.strerror}") from None
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {'NORMAL' if synchronous == 'NORMAL' else 'FULL'}")
+        conn.execute("PRAGMA journal_size_limit = 67108864")
+        conn.execute("PRAGMA cache_size = -16384")
+        _ensure_schema(conn, path, create)
+    except sqlite3.Error as exc:
+        if conn is not None:
+            conn.close()
+        raise translate_error(exc, path) from None
+    except QueueError:
+        if conn is not None:
+            conn.close()
+        raise
+    return conn
+
+
+def _ensure_schema(conn: sqlite3.Connection, path: Path, create: bool) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if version == SCHEMA_VERSION and tables >= _TABLES:
+        return  # ours, as we left it
+    if version > SCHEMA_VERSION:
+        raise QueueError(f"{path} has queue format {version}; this version reads {SCHEMA_VERSION}")
+    if tables and not tables >= _TABLES:
+        raise QueueCorruptError(corrupt_message(path, "not a campaign-writer queue"))
+    if not tables and not create:
+        raise QueueError(f"{path} is not a campaign-writer queue (it is empty)")
+    # A new file, or one salvaged with `.recover` (which drops user_version): set it up
+    # and recount the totals from the rows themselves.
+    conn.execute("BEGIN IMMEDIATE")
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    _recount(conn)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    conn.execute("COMMIT")
+
+
+def insert_records(conn: sqlite3.Connection, items: Sequence[QueueItem]) -> None:
+    """Insert queue items with multi-row INSERTs, in power-of-two chunks.
+
+    executemany steps SQLite once per row and hands the GIL back and forth each time,
+    which stalls this thread whenever the event loop is busy routing; one statement
+    per chunk releases the GIL once. Power-of-two sizes keep the distinct statements
+    (cached by sqlite3) to ten.
+    """
+    start = 0
+    while start < len(items):
+        rows = 1 << (min(len(items) - start, _MAX_ROWS_PER_INSERT).bit_length() - 1)
+        sql = _inserts.get(rows)
+        if sql is None:
+            sql = _inserts[rows] = _INSERT_RECORDS + ", (?, ?, ?, ?, ?, ?)" * (rows - 1)
+        conn.execute(sql, list(itertools.chain.from_iterable(items[start : start + rows])))
+        start += rows
+
+
+def _recount(conn: sqlite3.Connection) -> None:
+    records, record_bytes = conn.execute(
+        "SELECT count(*), total(length(record) + length(event) + 64) FROM records"
+    ).fetchone()
+    dead, dead_bytes = conn.execute("SELECT count(*), total(size) FROM dead_letters").fetchone()
+    conn.execute(SQL_SET_TOTALS, (records, int(record_bytes), dead, int(dead_bytes)))
+
+
+def snapshot(conn: sqlite3.Connection, by_code: Mapping[str, int] | None = None) -> Snapshot:
+    totals = conn.execute(SQL_TOTALS).fetchone()
+    oldest = conn.execute("SELECT created_at FROM records ORDER BY id LIMIT 1").fetchone()
+    if by_code is None:
+        by_code = dict(conn.execute("SELECT code, count(*) FROM dead_letters GROUP BY code"))
+    records, record_bytes, dead_letters, dead_letter_bytes = totals
+    return Snapshot(
+        records,
+        record_bytes,
+        dead_letters,
+        dead_letter_bytes,
+        oldest[0] if oldest else None,
+        dict(by_code),
+    )
+
+
+class Snapshot(NamedTuple):
+    records: int
+    record_bytes: int
+    dead_letters: int
+    dead_letter_bytes: int
+    oldest_created_at: float | None
+    by_code: dict[str, int]
+
+
+# --- the worker thread --------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Job:
+    kind: str
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any] | None
+    result: Any = None
+    error: BaseException | None = None
+
+
+_WRITES: Final = frozenset({"append", "ack", "retry", "dead_letter"})
+
+
+@dataclass(eq=False)
+class Worker:
+    """Runs in the queue's thread: owns the connection, executes jobs in group commits."""
+
+    path: Path
+    synchronous: str
+    max_bytes: int
+    clock: Callable[[], float]
+    publish: Callable[[list[Job], Snapshot | None, bool], None]
+    conn: sqlite3.Connection | None = None
+    by_code: dict[str, int] = field(default_factory=dict)
+    data_version: int = 0
+    commits: int = 0  # write transactions committed: appends per commit shows the grouping
+
+    # --- opening and closing ----------------------------------------------------------
+
+    def open(self) -> Snapshot:
+        self.conn = conn = open_connection(self.path, synchronous=self.synchronous, create=True)
+        try:
+            clean = conn.execute("SELECT value FROM state WHERE name = 'clean'").fetchone()
+            if clean is not None and clean[0] == "0":
+                self._check_after_crash()
+            conn.execute("INSERT OR REPLACE INTO state VALUES ('clean', '0')")
+            opened = snapshot(conn)
+            self.by_code = dict(opened.by_code)
+            self.data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            conn.close()
+            self.conn = None
+            raise translate_error(exc, self.path) from None
+        except QueueError:
+            conn.close()
+            self.conn = None
+            raise
+        return opened
+
+    def _check_after_crash(self) -> None:
+        assert self.conn is not None
+        log.warning("the queue was not closed cleanly; checking it", extra={"path": str(self.path)})
+        rows = [row[0] for row in self.conn.execute("PRAGMA quick_check")]
+        if rows != ["ok"]:
+            raise QueueCorruptError(corrupt_message(self.path, "; ".join(rows[:3])))
+        self.conn.execute("BEGIN IMMEDIATE")
+        _recount(self.conn)
+        self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        if self.conn is None:
+            return
+        try:
+            self.conn.execute("INSERT OR REPLACE INTO state VALUES ('clean', '1')")
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.warning("could not mark the queue closed cleanly", extra={"error": str(exc)})
+        finally:
+            self.conn.close()
+            self.conn = None
+
+    # --- the loop --------------------------------------------------------------------
+
+    def run(self, jobs: SimpleQueue[Job]) -> None:
+        """Serve jobs until a ``close`` job; each round is one commit plus the reads."""
+        while True:
+            try:
+                first = jobs.get(timeout=_IDLE_POLL_S)
+            except Empty:
+                self._notice_others(idle=True)
+                continue
+            batch = [first]
+            while len(batch) < _MAX_JOBS_PER_COMMIT:
+                try:
+                    batch.append(jobs.get_nowait())
+                except Empty:
+                    break
+            stopping = any(job.kind == "close" for job in batch)
+            snap: Snapshot | None = None
+            external = False
+            try:
+                external = self._notice_others(idle=False)
+                writes = [job for job in batch if job.kind in _WRITES]
+                if writes:
+                    self._write(writes)
+                for job in batch:
+                    if job.kind == "lease":
+                        self._guarded(job, self._lease)
+                if writes or external:
+                    snap = self._refresh()
+            except Exception as exc:  # a bug must fail its callers, never strand them
+                log.exception("queue worker failed a round of jobs")
+                for job in batch:
+                    job.error = QueueError(f"internal queue error: {exc!r}")
+            if stopping:
+                self.close()
+            self.publish(batch, snap, external)
+            if stopping:
+                return
+
+    def _guarded(self, job: Job, handler: Callable[[Job], Any]) -> None:
+        try:
+            job.result = handler(job)
+        except sqlite3.Error as exc:
+            job.error = translate_error(exc, self.path)
+
+    def _refresh(self) -> Snapshot | None:
+        assert self.conn is not None
+        try:
+            return snapshot(self.conn, self.by_code)
+        except sqlite3.Error as exc:
+            log.warning("could not read queue totals", extra={"error": str(exc)})
+            return None
+
+    def _notice_others(self, *, idle: bool) -> bool:
+        """True when another process committed (a CLI replay or purge) since last look."""
+        if self.conn is None:
+            return False
+        try:
+            version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+            if version == self.data_version:
+                return False
+            self.data_version = version
+            self.by_code = dict(
+                self.conn.execute("SELECT code, count(*) FROM dead_letters GROUP BY code")
+            )
+            if idle:
+                self.publish([], snapshot(self.conn, self.by_code), True)
+        except sqlite3.Error as exc:
+            log.warning("could not look for changes by others", extra={"error": str(exc)})
+            return False
+        return True
+
+    # --- writes: one transaction for many jobs ----------------------------------------
+
+    def _write(self, jobs: list[Job]) -> None:
+        try:
+            self._transaction(jobs)
+            return
+        except sqlite3.Error as exc:
+            self._rollback()
+            if len(jobs) == 1:
+                jobs[0].error = translate_error(exc, self.path)
+                return
+        # One job's failure must not fail the others: retry each in its own transaction.
+        for job in jobs:
+            try:
+                self._transaction([job])
+            except sqlite3.Error as exc:
+                self._rollback()
+                job.error = translate_error(exc, self.path)
+
+    def _rollback(self) -> None:
+        assert self.conn is not None
+        if self.conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+
+    def _transaction(self, jobs: list[Job]) -> None:
+        conn = self.conn
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
+        totals = list(conn.execute(SQL_TOTALS).fetchone())
+        codes: dict[str, int] = {}
+        for job in jobs:
+            job.result, job.error = None, None
+            handler = getattr(self, f"_{job.kind}")
+            try:
+                job.result = handler(conn, totals, codes, *job.args)
+            except _Refused as refused:
+                job.error = refused.error
+        conn.execute(SQL_SET_TOTALS, totals)
+        conn.execute("COMMIT")
+        self.commits += 1
+        for code, count in codes.items():
+            self.by_code[code] = self.by_code.get(code, 0) + count
+
+    def _room(self, totals: list[int], size: int) -> None:
+        used = totals[1] + totals[3]
+        if used + size > self.max_bytes:
+            raise _Refused(
+                QueueFullError(
+                    f"the queue is full: {used} of {self.max_bytes} bytes used, {size} more refused"
+                )
+            )
+
+    def _append(
+        self,
+        conn: sqlite3.Connection,
+        totals: list[int],
+        codes: dict[str, int],
+        items: Sequence[QueueItem],
+        raws: Sequence[RawDeadLetter],
+    ) -> int:
+        size = sum(len(i.record) + len(i.event) for i in items) + ROW_OVERHEAD * len(items)
+        raw_rows = [_raw_row(raw, self.clock()) for raw in raws]
+        raw_size = sum(row[-1] for row in raw_rows)
+        self._room(totals, size + raw_size)  # raises _Refused before anything is written
+        insert_records(conn, items)
+        totals[0] += len(items)
+        totals[1] += size
+        if raw_rows:
+            conn.executemany(SQL_INSERT_RAW, raw_rows)
+            totals[2] += len(raw_rows)
+            totals[3] += raw_size
+            for raw in raws:
+                codes[raw.code] = codes.get(raw.code, 0) + 1
+        return len(items)
+
+    def _ack(
+        self,
+        conn: sqlite3.Connection,
+        totals: list[int],
+        codes: dict[str, int],
+        ids: list[int],
+        size: int | None,
+    ) -> int:
+        """Delete delivered records. ``size`` is their total, known from the lease; when it
+        is None (records acked without a lease of this run) the rows report their sizes."""
+        if size is None:
+            sizes = conn.execute(
+                "DELETE FROM records WHERE id IN (SELECT value FROM json_each(?)) "
+                "RETURNING length(record) + length(event) + 64",
+                (orjson.dumps(ids),),
+            ).fetchall()
+            totals[0] -= len(sizes)
+            totals[1] -= sum(s for (s,) in sizes)
+            return len(sizes)
+        # No RETURNING: a Python tuple per deleted row cost more than the delete itself.
+        deleted = conn.execute(
+            "DELETE FROM records WHERE id IN (SELECT value FROM json_each(?))",
+            (orjson.dumps(ids),),
+        ).rowcount
+        if deleted != len(ids):
+            # Some rows were already gone (another process?): recount rather than guess.
+            count, total = conn.execute(
+                "SELECT count(*), total(length(record) + length(event) + 64) FROM records"
+            ).fetchone()
+            totals[0], totals[1] = count, int(total)
+            return int(deleted)
+        totals[0] -= deleted
+        totals[1] -= size
+        return int(deleted)
+
+    def _retry(
+        self,
+        conn: sqlite3.Connection,
+        totals: list[int],
+        codes: dict[str, int],
+        ids: list[int],
+        retry_at: float,
+        reason: str,
+    ) -> list[int]:
+        rows = conn.execute(
+            "UPDATE records SET attempts = attempts + 1, retry_at = ?, last_error = ? "
+            "WHERE id IN (SELECT value FROM json_each(?)) RETURNING id",
+            (retry_at, reason, orjson.dumps(ids)),
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    def _dead_letter(
+        self,
+        conn: sqlite3.Connection,
+        totals: list[int],
+        codes: dict[str, int],
+        entries: Sequence[tuple[int, str, int | None, str]],
+    ) -> list[int]:
+        ids = orjson.dumps([entry[0] for entry in entries])
+        sizes = dict(
+            conn.execute(
+                "SELECT id, length(record) + length(event) + 64 FROM records "
+                "WHERE id IN (SELECT value FROM json_each(?))",
+                (ids,),
+            )
+        )
+        now = self.clock()
+        rows = []
+        for record_id, reason, status, code in entries:
+            size = sizes.pop(record_id, None)  # pop: an id listed twice moves once
+            if size is None:
+                continue
+            code = code or "error"
+            new_size = size + len(reason.encode("utf-8", "replace"))
+            rows.append((reason, status, code, now, new_size, record_id, size))
+            codes[code] = codes.get(code, 0) + 1
+        conn.executemany(
+            "INSERT INTO dead_letters (record_id, source, lane, key, record, event, reason, "
+            "status, code, attempts, created_at, dead_at, size) SELECT id, source, lane, key, "
+            "record, event, ?1, ?2, ?3, attempts, created_at, ?4, ?5 FROM records WHERE id = ?6",
+            [row[:6] for row in rows],
+        )
+        moved = [row[5] for row in rows]
+        conn.execute(
+            "DELETE FROM records WHERE id IN (SELECT value FROM json_each(?))",
+            (orjson.dumps(moved),),
+        )
+        totals[0] -= len(rows)
+        totals[1] -= sum(row[6] for row in rows)
+        totals[2] += len(rows)
+        totals[3] += sum(row[4] for row in rows)
+        return moved
+
+    # --- reads -----------------------------------------------------------------------
+
+    def _lease(self, job: Job) -> tuple[list[Any], list[Any]]:
+        conn = self.conn
+        assert conn is not None
+        due_ids, cursor, limit = job.args
+        due: list[Any] = []
+        if due_ids:
+            due = conn.execute(
+                "SELECT id, lane, key, record, attempts, created_at, "
+                "length(record) + length(event) + 64 "
+                "FROM records WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+                (orjson.dumps(due_ids),),
+            ).fetchall()
+        fresh: list[Any] = []
+        if limit > 0:
+            fresh = conn.execute(
+                "SELECT id, lane, key, record, attempts, created_at, "
+                "length(record) + length(event) + 64, retry_at "
+                "FROM records WHERE id > ? ORDER BY id LIMIT ?",
+                (cursor, limit),
+            ).fetchall()
+        return due, fresh
+
+
+class _Refused(Exception):
+    """A job refused before it wrote anything (the queue is full)."""
+
+    def __init__(self, error: QueueFullError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _raw_row(raw: RawDeadLetter, now: float) -> tuple[Any, ...]:
+    headers = orjson.dumps(dict(raw.headers), default=str)
+    size = len(raw.payload) + len(headers) + len(raw.reason.encode("utf-8", "replace"))
+    return (raw.source, raw.payload, headers, raw.reason, raw.code, now, now, size + ROW_OVERHEAD)

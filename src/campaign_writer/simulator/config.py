@@ -1,0 +1,478 @@
+"""Every knob of the simulator, with its default, in one frozen dataclass.
+
+:class:`SimulatorConfig` is the single source of truth for the knobs: the
+``campaign-writer simulate`` flags, the TOML keys and the ``POST /__sim/control``
+fields are all derived from its fields (name ``tps_limit`` is flag ``--tps-limit``,
+TOML key ``tps_limit`` and control field ``tps_limit``), so they cannot drift apart.
+A field whose metadata says ``runtime=False`` (listening address, TLS, files,
+schemas, users) is fixed once the simulator has started.
+
+Precedence: defaults, then the config file, then command-line flags; control
+requests change the running value afterwards.
+
+The TOML file holds the keys at top level, or under a ``[simulator]`` table so one
+file can also configure a writer. Tables and arrays::
+
+    tps_limit = 20
+    [[users]]                        # added to the default admin/admin
+    login = "ops"
+    password = "..."
+    schemas = ["dem:sampleTableStg"] # what this operator may write; empty: all
+    [[ims_clients]]                  # added to the default sim-client/sim-secret
+    client_id = "ci"
+    client_secret = "..."
+    [[schedule]]                     # seconds from start; kinds: see faults.KINDS
+    kind = "outage"
+    start_s = 30
+    end_s = 90
+    [schemas."acme:event"]           # added to (or replacing) the built-in schemas
+    keys = ["eventId"]
+    auto_stg = true
+    attributes = { eventId = { type = "string", length = 64 }, at = { type = "datetime" } }
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import ConfigError
+from ..logs import register_secret
+from ..xmltext import check_name, check_qualified_name
+from .faults import KINDS, WINDOW_KINDS, FaultWindow
+from .schemas import DEFAULT_SCHEMAS, AttributeSpec, SchemaSpec
+from .xtktypes import XTK_TYPES
+
+__all__ = [
+    "DEFAULT_IMS_CLIENTS",
+    "DEFAULT_USERS",
+    "ImsClient",
+    "SimulatorConfig",
+    "User",
+    "apply_changes",
+    "knob_fields",
+    "load_config",
+]
+
+T = TypeVar("T")
+
+
+def _knob(
+    default: T,
+    help: str,
+    *,
+    kind: str = "",
+    runtime: bool = True,
+    choices: tuple[str, ...] = (),
+    cli: bool = True,
+) -> T:
+    meta = {
+        "help": help,
+        "kind": kind or type(default).__name__,
+        "runtime": runtime,
+        "choices": choices,
+        "cli": cli,
+    }
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class User:
+    """An operator who may Logon; ``schemas`` limits what it may write (empty: all)."""
+
+    login: str
+    password: str = field(repr=False)
+    schemas: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImsClient:
+    """An IMS technical account for client-credentials tokens."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    schemas: tuple[str, ...] = ()
+
+
+DEFAULT_USERS = (User("admin", "admin"),)
+DEFAULT_IMS_CLIENTS = (ImsClient("sim-client", "sim-secret"),)
+LIMITERS = ("sliding", "fixed", "token_bucket")
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """Every simulator knob with its default. Build variants with :func:`apply_changes`."""
+
+    host: str = _knob("127.0.0.1", "address to listen on", runtime=False)
+    port: int = _knob(8081, "port to listen on; 0 picks a free one", runtime=False)
+    tls_cert: str | None = _knob(None, "PEM certificate: serve HTTPS", kind="path", runtime=False)
+    tls_key: str | None = _knob(None, "PEM private key for --tls-cert", kind="path", runtime=False)
+    call_log: str | None = _knob(
+        None, "append one NDJSON line per call to this file", kind="path", runtime=False
+    )
+    db: str | None = _knob(
+        None, "SQLite file keeping stored records across restarts", kind="path", runtime=False
+    )
+    call_log_memory: int = _knob(
+        100_000, "calls kept in memory for GET /__sim/calls", runtime=False
+    )
+    max_body_bytes: int = _knob(32 * 1024 * 1024, "largest request body accepted", runtime=False)
+    seed: int | None = _knob(
+        None, "seed of the fault and jitter draws (reproducible runs)", kind="int?", runtime=False
+    )
+    tps_limit: float = _knob(20.0, "calls per second over all SOAP methods; 0: no limit")
+    limiter: str = _knob("sliding", "TPS limiter model", choices=LIMITERS)
+    burst: int = _knob(5, "token bucket capacity (limiter token_bucket)")
+    latency_ms: float = _knob(50.0, "base latency of a SOAP call, ms")
+    latency_per_record_ms: float = _knob(0.01, "added latency per record in the call, ms")
+    latency_jitter: float = _knob(0.1, "sigma of the lognormal factor on latency; 0: none")
+    max_concurrent: int = _knob(64, "SOAP calls processed at once; 0: no cap")
+    overflow: str = _knob(
+        "queue",
+        "beyond max_concurrent: wait for a slot, or answer 503",
+        choices=("queue", "reject"),
+    )
+    fault_status: int = _knob(500, "HTTP status of SOAP faults (500; older builds: 200)")
+    session_expired_style: str = _knob(
+        "fault",
+        "expired session answer: SOAP fault, or raw XSV-350008 text",
+        choices=("fault", "text"),
+    )
+    retry_after: bool = _knob(True, "send Retry-After with 429")
+    retry_after_s: int = _knob(0, "Retry-After value, s; 0: time until the limiter frees a slot")
+    throttle_body: bool = _knob(True, "send a JSON body with 429")
+    ingest_collections: bool = _knob(
+        True, "Ingest/IngestExt accept collection documents (else XSV-350105 fault)"
+    )
+    require_security_token: bool = _knob(
+        True, "a session token sent as cookie/header needs its X-Security-Token"
+    )
+    session_timeout_s: float = _knob(86400.0, "session token lifetime, s")
+    ims_token_ttl_s: float = _knob(86399.0, "IMS access token lifetime (expires_in), s")
+    rate_500: float = _knob(0.0, "share of SOAP calls answered HTTP 500 (HTML page)")
+    rate_502: float = _knob(0.0, "share of SOAP calls answered HTTP 502 (HTML page)")
+    rate_503: float = _knob(0.0, "share of SOAP calls answered HTTP 503 (HTML page)")
+    rate_timeout: float = _knob(0.0, "share of SOAP calls held open, then dropped")
+    rate_reset: float = _knob(0.0, "share of SOAP calls whose connection is reset")
+    rate_truncate: float = _knob(0.0, "share of SOAP calls processed, then answer cut short")
+    rate_html: float = _knob(0.0, "share of SOAP calls answered 200 with an HTML page")
+    rate_soap: float = _knob(0.0, "share of SOAP calls answered a transient server SOAP fault")
+    rate_expire: float = _knob(0.0, "share of authenticated calls whose session expires")
+    rate_revoke: float = _knob(0.0, "share of IMS-bearer calls whose token is revoked")
+    rate_entity: float = _knob(0.0, "share of SOAP calls answered 200 with external entities (XXE)")
+    rate_laughs: float = _knob(0.0, "share of SOAP calls answered 200 with a billion-laughs DTD")
+    rate_huge: float = _knob(0.0, "share of SOAP calls answered 200 with huge_body_bytes of body")
+    rate_drip: float = _knob(0.0, "share of SOAP calls processed, then answered a byte at a time")
+    huge_body_bytes: int = _knob(64 * 1024 * 1024, "size of a 'huge' answer, bytes")
+    drip_interval_s: float = _knob(1.0, "pause between the bytes of a 'drip' answer, s")
+    hostile_encoding: str = _knob(
+        "utf-8",
+        "encoding of 'entity' and 'laughs' answers (UTF-16LE has no ASCII <!DOCTYPE)",
+        choices=("utf-8", "utf-16-le"),
+    )
+    timeout_hold_s: float = _knob(30.0, "how long a 'timeout' call is held before the drop, s")
+    outage_mode: str = _knob(
+        "503", "answer during an outage window", choices=("503", "reset", "timeout")
+    )
+    poison_rate: float = _knob(0.0, "share of records refused as data faults (stable per record)")
+    poison_marker: str = _knob("__POISON__", "a record with a value containing this is refused")
+    fault_methods: tuple[str, ...] = _knob(
+        (), "methods the per-call faults apply to, comma-separated; empty: all", kind="methods"
+    )
+    schedule: tuple[FaultWindow, ...] = _knob((), "fault windows", kind="schedule", cli=False)
+    users: tuple[User, ...] = _knob(
+        DEFAULT_USERS, "operators", kind="users", runtime=False, cli=False
+    )
+    ims_clients: tuple[ImsClient, ...] = _knob(
+        DEFAULT_IMS_CLIENTS, "IMS clients", kind="clients", runtime=False, cli=False
+    )
+    schemas: tuple[SchemaSpec, ...] = _knob(
+        DEFAULT_SCHEMAS, "schemas", kind="schemas", runtime=False, cli=False
+    )
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
+
+
+def knob_fields() -> list[dataclasses.Field[Any]]:
+    """The fields of :class:`SimulatorConfig`, in declaration order."""
+    return list(dataclasses.fields(SimulatorConfig))
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(SimulatorConfig)}
+_BUILT: dict[str, type] = {
+    "schedule": FaultWindow,
+    "users": User,
+    "clients": ImsClient,
+    "schemas": SchemaSpec,
+}
+
+
+def _coerce(path: str, value: object, meta: Mapping[str, Any]) -> object:
+    kind = meta["kind"]
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+    if kind in ("int", "int?"):
+        if value is None and kind == "int?":
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"{path}: expected an integer, got {value!r}") from None
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{path}: expected a number, got {value!r}") from None
+    if kind in ("str", "path"):
+        if value is None and kind == "path":
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        if meta["choices"] and value not in meta["choices"]:
+            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(meta['choices'])}")
+        return value
+    if kind == "methods":
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{path}: expected a list of method names")
+        return tuple(i.strip() for i in items if i.strip())
+    built = _BUILT.get(kind)
+    if built is not None and isinstance(value, tuple) and all(isinstance(v, built) for v in value):
+        return value  # already typed, e.g. from load_config or a test fixture
+    if kind == "schedule":
+        return _windows(path, value)
+    if kind == "users":
+        return _users(path, value)
+    if kind == "clients":
+        return _clients(path, value)
+    if kind == "schemas":
+        return _schemas(path, value)
+    raise ConfigError(f"{path}: cannot be set")  # pragma: no cover - every kind is handled
+
+
+def _table_list(path: str, value: object) -> list[Mapping[str, Any]]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, Mapping) for v in value):
+        raise ConfigError(f"{path}: expected an array of tables")
+    return list(value)
+
+
+def _only(path: str, table: Mapping[str, Any], allowed: set[str], required: set[str]) -> None:
+    problems = [f"{path}.{k}: unknown key" for k in table if k not in allowed]
+    problems += [f"{path}.{k}: required" for k in sorted(required - set(table))]
+    if problems:
+        raise ConfigError(problems)
+
+
+def _strings(path: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{path}: expected a list of strings")
+    return tuple(value)
+
+
+def _windows(path: str, value: object) -> tuple[FaultWindow, ...]:
+    windows = []
+    for i, table in enumerate(_table_list(path, value)):
+        here = f"{path}[{i}]"
+        _only(here, table, {"kind", "start_s", "end_s", "rate"}, {"kind", "start_s", "end_s"})
+        kind = table["kind"]
+        if kind not in WINDOW_KINDS:
+            raise ConfigError(f"{here}.kind: {kind!r} is not one of {', '.join(WINDOW_KINDS)}")
+        try:
+            window = FaultWindow(
+                str(kind),
+                float(table["start_s"]),
+                float(table["end_s"]),
+                float(table.get("rate", 1.0)),
+            )
+        except (TypeError, ValueError):
+            raise ConfigError(f"{here}: start_s, end_s and rate must be numbers") from None
+        windows.append(window)
+    return tuple(windows)
+
+
+def _users(path: str, value: object) -> tuple[User, ...]:
+    users = []
+    for i, table in enumerate(_table_list(path, value)):
+        here = f"{path}[{i}]"
+        _only(here, table, {"login", "password", "schemas"}, {"login", "password"})
+        user = User(
+            str(table["login"]),
+            str(table["password"]),
+            _strings(f"{here}.schemas", table.get("schemas", [])),
+        )
+        register_secret(user.password)
+        users.append(user)
+    return tuple(users)
+
+
+def _clients(path: str, value: object) -> tuple[ImsClient, ...]:
+    clients = []
+    for i, table in enumerate(_table_list(path, value)):
+        here = f"{path}[{i}]"
+        _only(
+            here, table, {"client_id", "client_secret", "schemas"}, {"client_id", "client_secret"}
+        )
+        client = ImsClient(
+            str(table["client_id"]),
+            str(table["client_secret"]),
+            _strings(f"{here}.schemas", table.get("schemas", [])),
+        )
+        register_secret(client.client_secret)
+        clients.append(client)
+    return tuple(clients)
+
+
+def _schemas(path: str, value: object) -> tuple[SchemaSpec, ...]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: expected a table of schemas by id")
+    specs = []
+    for schema_id, table in value.items():
+        here = f"{path}.{schema_id}"
+        check_qualified_name(schema_id, here)
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{here}: expected a table")
+        _only(here, table, {"attributes", "keys", "auto_stg", "label"}, {"attributes"})
+        attributes = []
+        attrs = table["attributes"]
+        if not isinstance(attrs, Mapping) or not attrs:
+            raise ConfigError(f"{here}.attributes: expected a non-empty table")
+        for name, spec in attrs.items():
+            where = f"{here}.attributes.{name}"
+            check_name(name, where)
+            spec = {"type": spec} if isinstance(spec, str) else spec
+            if not isinstance(spec, Mapping):
+                raise ConfigError(f"{where}: expected a type name or a table")
+            _only(where, spec, {"type", "length"}, set())
+            type_name = spec.get("type", "string")
+            if type_name not in XTK_TYPES:
+                raise ConfigError(f"{where}.type: {type_name!r} is not an XTK type")
+            length = spec.get("length")
+            if length is not None and (not isinstance(length, int) or length < 1):
+                raise ConfigError(f"{where}.length: expected a positive integer")
+            attributes.append(AttributeSpec(name, type_name, length))
+        keys = _strings(f"{here}.keys", table.get("keys", []))
+        for key in keys:
+            if key not in attrs:
+                raise ConfigError(f"{here}.keys: {key!r} is not an attribute of the schema")
+        specs.append(
+            SchemaSpec(
+                schema_id,
+                tuple(attributes),
+                keys,
+                bool(table.get("auto_stg", False)),
+                str(table.get("label", "")),
+            )
+        )
+    return tuple(specs)
+
+
+def _validate(config: SimulatorConfig) -> None:
+    problems = []
+    rates = {f"rate_{kind}": getattr(config, f"rate_{kind}") for kind in KINDS}
+    for name, rate in [*rates.items(), ("poison_rate", config.poison_rate)]:
+        if not 0.0 <= rate <= 1.0:
+            problems.append(f"{name}: must be between 0 and 1")
+    if sum(rates.values()) > 1.0 + 1e-9:
+        problems.append("rate_*: the per-call fault rates add up to more than 1")
+    for name in ("tps_limit", "latency_ms", "latency_per_record_ms", "latency_jitter"):
+        if getattr(config, name) < 0:
+            problems.append(f"{name}: must not be negative")
+    for name in ("max_concurrent", "retry_after_s", "timeout_hold_s", "drip_interval_s"):
+        if getattr(config, name) < 0:
+            problems.append(f"{name}: must not be negative")
+    for name in (
+        "session_timeout_s",
+        "ims_token_ttl_s",
+        "burst",
+        "call_log_memory",
+        "huge_body_bytes",
+    ):
+        if getattr(config, name) <= 0:
+            problems.append(f"{name}: must be positive")
+    if not 0 <= config.port <= 65535:
+        problems.append("port: must be between 0 and 65535")
+    if not 200 <= config.fault_status <= 599:
+        problems.append("fault_status: must be an HTTP status between 200 and 599")
+    if bool(config.tls_cert) != bool(config.tls_key):
+        problems.append("tls_cert, tls_key: give both or neither")
+    for i, window in enumerate(config.schedule):
+        if window.end_s <= window.start_s or not 0.0 <= window.rate <= 1.0:
+            problems.append(f"schedule[{i}]: needs start_s < end_s and 0 <= rate <= 1")
+    logins = [u.login for u in config.users]
+    if len(set(logins)) != len(logins):
+        problems.append("users: a login appears twice")
+    if problems:
+        raise ConfigError(problems)
+
+
+def apply_changes(
+    config: SimulatorConfig,
+    changes: Mapping[str, object],
+    *,
+    source: str = "config",
+    runtime_only: bool = False,
+) -> SimulatorConfig:
+    """``config`` with ``changes`` (field name to raw value) coerced, checked and applied."""
+    values: dict[str, object] = {}
+    problems: list[str] = []
+    for name, raw in changes.items():
+        spec = _FIELDS.get(name)
+        if spec is None:
+            problems.append(f"{source}.{name}: unknown key")
+            continue
+        if runtime_only and not spec.metadata["runtime"]:
+            problems.append(f"{source}.{name}: fixed once the simulator has started")
+            continue
+        try:
+            values[name] = _coerce(f"{source}.{name}", raw, spec.metadata)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    updated = dataclasses.replace(config, **values)  # type: ignore[arg-type]
+    _validate(updated)
+    return updated
+
+
+def load_config(path: str | Path, base: SimulatorConfig | None = None) -> SimulatorConfig:
+    """Read a TOML file onto ``base`` (the defaults); users, clients and schemas are added."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    section = data.get("simulator", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [simulator] must be a table")
+    section = dict(section)
+    config = base or SimulatorConfig()
+    replace = section.pop("replace_default_schemas", False)
+    changes: dict[str, object] = {}
+    for name in ("users", "ims_clients"):
+        if name in section:
+            extra = _coerce(name, section.pop(name), _FIELDS[name].metadata)
+            assert isinstance(extra, tuple)
+            changes[name] = (*getattr(config, name), *extra)
+    if "schemas" in section:
+        extra_schemas = _schemas("schemas", section.pop("schemas"))
+        ids = {s.id for s in extra_schemas}
+        kept = () if replace else tuple(s for s in config.schemas if s.id not in ids)
+        changes["schemas"] = (*kept, *extra_schemas)
+    changes.update(section)
+    return apply_changes(config, changes, source=str(Path(path).name))

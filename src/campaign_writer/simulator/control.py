@@ -1,0 +1,187 @@
+"""Control and introspection: the ``/__sim/*`` endpoints (a contract for tests and ops).
+
+``POST /__sim/control`` takes a JSON object. Every field is optional; the answer is
+``{"config": {...runtime knobs...}, "windows": [...], "done": {...}}``; an unknown
+field or a bad value gets 400 ``{"errors": [...]}`` and changes nothing.
+
+Knobs (the same names as the config keys and, with dashes, the CLI flags):
+
+* ``tps_limit`` (0: no limit), ``limiter`` (``sliding``, ``fixed``,
+  ``token_bucket``), ``burst``;
+* ``latency_ms``, ``latency_per_record_ms``, ``latency_jitter``;
+* ``max_concurrent``, ``overflow`` (``queue`` or ``reject``);
+* ``fault_status`` (500, or 200 as older builds), ``session_expired_style``
+  (``fault`` or ``text``);
+* ``retry_after`` (bool), ``retry_after_s`` (0: computed), ``throttle_body`` (bool);
+* ``ingest_collections`` (bool), ``require_security_token`` (bool);
+* ``session_timeout_s``, ``ims_token_ttl_s`` (for sessions and tokens issued next);
+* ``rate_500``, ``rate_502``, ``rate_503``, ``rate_timeout``, ``rate_reset``,
+  ``rate_truncate``, ``rate_html``, ``rate_soap``, ``rate_expire``,
+  ``rate_revoke``, and the hostile answers ``rate_entity``, ``rate_laughs``,
+  ``rate_huge``, ``rate_drip`` (shares of calls, 0..1, adding up to at most 1),
+  ``timeout_hold_s``, ``outage_mode`` (``503``, ``reset``, ``timeout``),
+  ``fault_methods`` (list, or comma-separated string; empty: all);
+* ``huge_body_bytes``, ``drip_interval_s``, ``hostile_encoding`` (``utf-8`` or
+  ``utf-16-le``): the shape of the hostile answers (see :mod:`.faults`);
+* ``poison_rate`` (0..1), ``poison_marker`` (empty: off);
+* ``schedule``: a list of ``{"kind", "start_s", "end_s", "rate"}`` windows with
+  times in seconds **from now**; replaces every window, outages included.
+  Kinds: ``500 502 503 timeout reset truncate html soap expire revoke entity laughs
+  huge drip outage``.
+
+Actions:
+
+* ``outage_s``: Campaign is down from now (or from ``outage_in_s``) for that many
+  seconds; ``0`` ends every outage window;
+* ``expire_sessions: true``: every session token is invalid from now;
+* ``revoke_tokens: true``: every IMS access token is revoked;
+* ``clear_records: true``: empties every table (and the database file);
+* ``reset_stats: true``: zeroes the counters of ``/__sim/stats``.
+
+``GET /__sim/control`` returns the same answer without changing anything.
+
+``GET /__sim/stats``: counters (see :meth:`.tenant.Tenant.stats`).
+``GET /__sim/records?schema=ID&offset=0&limit=1000``: ``{"records": [...],
+"total": n}``, rows in insertion order as attribute name to string value, plus
+``__uuid`` and ``__committed_at``; ``limit`` is at most 100000.
+``GET /__sim/calls?since=SEQ&limit=10000``: ``{"calls": [...], "last_seq": n}``,
+the call-log entries after ``SEQ`` (see :mod:`.calllog`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..errors import ConfigError
+from ..logs import get_logger
+from .config import apply_changes, knob_fields
+from .tenant import Tenant
+
+__all__ = ["ACTIONS", "add_routes", "apply_control", "runtime_knobs"]
+
+log = get_logger("simulator.control")
+
+ACTIONS = (
+    "outage_s",
+    "outage_in_s",
+    "expire_sessions",
+    "revoke_tokens",
+    "clear_records",
+    "reset_stats",
+)
+MAX_PAGE = 100_000
+
+
+def runtime_knobs(tenant: Tenant) -> dict[str, Any]:
+    """The knobs a control request may change, with their current values."""
+    config = tenant.config
+    knobs: dict[str, Any] = {}
+    for spec in knob_fields():
+        if spec.metadata["runtime"]:
+            value = getattr(config, spec.name)
+            if spec.name == "schedule":
+                value = [dataclasses.asdict(w) for w in value]
+            elif isinstance(value, tuple):
+                value = list(value)
+            knobs[spec.name] = value
+    return knobs
+
+
+def _number(changes: Mapping[str, Any], name: str) -> float:
+    value = changes.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"control.{name}: expected a number of seconds, not negative")
+    return float(value)
+
+
+def apply_control(tenant: Tenant, changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Apply one control request; raises ConfigError (and changes nothing) when it is wrong."""
+    knobs = {k: v for k, v in changes.items() if k not in ACTIONS}
+    config = apply_changes(tenant.config, knobs, source="control", runtime_only=True)
+    outage = _number(changes, "outage_s") if "outage_s" in changes else None
+    delay = _number(changes, "outage_in_s")
+    done: dict[str, Any] = {}
+    tenant.reconfigure(config)
+    if "schedule" in knobs:
+        tenant.plan.set_schedule(config.schedule, origin=tenant.clock())
+    if outage is not None:
+        if outage > 0:
+            tenant.plan.add_window("outage", outage, delay)
+        else:
+            tenant.plan.clear("outage")
+    if changes.get("expire_sessions"):
+        done["expired_sessions"] = tenant.auth.expire_sessions()
+    if changes.get("revoke_tokens"):
+        done["revoked_tokens"] = tenant.auth.revoke_tokens()
+    if changes.get("clear_records"):
+        tenant.store.clear()
+        done["cleared_records"] = True
+    if changes.get("reset_stats"):
+        tenant.reset_stats()
+        done["reset_stats"] = True
+    if changes:
+        log.info("simulator control", extra={"fields": sorted(changes)})
+    return {"config": runtime_knobs(tenant), "windows": tenant.plan.windows(), "done": done}
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _int_param(request: web.Request, name: str, default: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(text=f"{name} must be an integer") from None
+    if not 0 <= value <= high:
+        raise web.HTTPBadRequest(text=f"{name} must be between 0 and {high}")
+    return value
+
+
+def add_routes(app: web.Application, tenant: Tenant) -> None:
+    """Register the ``/__sim/*`` routes on ``app``."""
+
+    async def control(request: web.Request) -> web.Response:
+        if request.method == "GET":
+            return _json(apply_control(tenant, {}))
+        try:
+            changes = await request.json(loads=orjson.loads)
+        except ValueError:
+            return _json({"errors": ["control: the body is not JSON"]}, 400)
+        if not isinstance(changes, dict):
+            return _json({"errors": ["control: expected a JSON object"]}, 400)
+        try:
+            return _json(apply_control(tenant, changes))
+        except ConfigError as exc:
+            return _json({"errors": exc.problems}, 400)
+
+    async def stats(request: web.Request) -> web.Response:
+        return _json(tenant.stats())
+
+    async def records(request: web.Request) -> web.Response:
+        schema_id = request.query.get("schema", "")
+        table = tenant.store.table(schema_id)
+        if table is None:
+            return _json({"error": f"unknown schema {schema_id!r}"}, 404)
+        offset = _int_param(request, "offset", 0, 2**62)
+        limit = _int_param(request, "limit", 1000, MAX_PAGE)
+        return _json({"records": table.page(offset, limit), "total": len(table)})
+
+    async def calls(request: web.Request) -> web.Response:
+        since = _int_param(request, "since", 0, 2**62)
+        limit = _int_param(request, "limit", 10_000, MAX_PAGE)
+        return _json({"calls": tenant.log.since(since, limit), "last_seq": tenant.log.last_seq})
+
+    app.router.add_get("/__sim/control", control)
+    app.router.add_post("/__sim/control", control)
+    app.router.add_get("/__sim/stats", stats)
+    app.router.add_get("/__sim/records", records)
+    app.router.add_get("/__sim/calls", calls)

@@ -1,0 +1,152 @@
+"""Leases, acks, retries and releases: order, attempt counts, retry_at, and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from campaign_writer.queue import DurableQueue
+from tests.queue.support import WallClock, item, items, rows
+
+
+async def test_lease_hands_out_each_ready_record_once_oldest_first(tmp_path: Path) -> None:
+    """Leases come in append order and never hand out a record that is already leased."""
+    queue = await DurableQueue.open(tmp_path / "queue.sqlite3")
+    try:
+        await queue.append(items("a", 30))
+        first = await queue.lease(10)
+        second = await queue.lease(100)
+        assert [r.key for r in first + second] == [f"a{i}" for i in range(30)]
+        assert await queue.lease(10) == []
+        assert first[0].attempts == 0 and first[0].lane == "dem:sampleTableStg#Ingest"
+        await queue.ack([r.id for r in first])
+        assert queue.stats().depth == 20
+        assert queue.stats().leased == 20
+    finally:
+        await queue.close()
+
+
+async def test_retry_counts_attempts_and_waits_for_retry_at(tmp_path: Path) -> None:
+    """retry() makes records ready again at retry_at with one more attempt, and remembers why."""
+    path = tmp_path / "queue.sqlite3"
+    clock = WallClock()
+    queue = await DurableQueue.open(path, clock=clock)
+    try:
+        await queue.append(items("a", 3))
+        leased = await queue.lease(3)
+        await queue.retry([r.id for r in leased[:2]], clock.now + 30, "HTTP 503")
+        await queue.release([leased[2].id])
+        again = await queue.lease(10)
+        assert [(r.key, r.attempts) for r in again] == [("a2", 0)]
+        clock.now += 31
+        due = await queue.lease(10)
+        assert [(r.key, r.attempts) for r in due] == [("a0", 1), ("a1", 1)]
+        assert rows(path, "SELECT DISTINCT last_error FROM records WHERE attempts = 1") == [
+            ("HTTP 503",)
+        ]
+    finally:
+        await queue.close()
+
+
+async def test_released_records_come_back_before_newer_ones(tmp_path: Path) -> None:
+    """A released (throttled, shutting down) record is older than anything fresh: it goes first."""
+    queue = await DurableQueue.open(tmp_path / "queue.sqlite3")
+    try:
+        await queue.append(items("old", 2))
+        leased = await queue.lease(2)
+        await queue.append(items("new", 2))
+        await queue.release([r.id for r in leased])
+        assert [r.key for r in await queue.lease(4)] == ["old0", "old1", "new0", "new1"]
+    finally:
+        await queue.close()
+
+
+async def test_restart_frees_leases_and_keeps_retry_times(tmp_path: Path) -> None:
+    """After a restart, leased-but-unacked records are ready; retried ones still wait."""
+    path = tmp_path / "queue.sqlite3"
+    clock = WallClock()
+    queue = await DurableQueue.open(path, clock=clock)
+    await queue.append(items("a", 4))
+    leased = await queue.lease(4)
+    await queue.ack([leased[0].id])
+    await queue.retry([leased[1].id], clock.now + 60, "timeout")
+    await queue.close()
+    queue = await DurableQueue.open(path, clock=clock)
+    try:
+        # a1 waits at the head of the file; it must not cost a2 its turn.
+        assert [r.key for r in await queue.lease(1)] == ["a2"]
+        assert [r.key for r in await queue.lease(10)] == ["a3"]
+        clock.now += 61
+        assert [(r.key, r.attempts) for r in await queue.lease(10)] == [("a1", 1)]
+    finally:
+        await queue.close()
+
+
+async def test_wait_for_records_wakes_on_append_and_on_retry_due(tmp_path: Path) -> None:
+    """The dispatcher's wait ends when records are appended or a retry comes due."""
+    queue = await DurableQueue.open(tmp_path / "queue.sqlite3")
+    try:
+        assert await queue.lease(10) == []
+        assert await queue.wait_for_records(0.05) is False
+        waiter = asyncio.create_task(queue.wait_for_records(5.0))
+        await asyncio.sleep(0.01)
+        await queue.append([item("x")])
+        assert await waiter is True
+        leased = await queue.lease(10)
+        loop_now = asyncio.get_running_loop().time()
+        await queue.retry([leased[0].id], queue._clock() + 0.1, "later")
+        assert await queue.lease(10) == []
+        assert await queue.wait_for_records(5.0) is True
+        assert asyncio.get_running_loop().time() - loop_now >= 0.09
+        assert [r.key for r in await queue.lease(10)] == ["x"]
+    finally:
+        await queue.close()
+
+
+async def test_a_cancelled_lease_leaves_due_records_due(tmp_path: Path) -> None:
+    """A lease cancelled while the queue thread works (shutdown) loses no released record."""
+    queue = await DurableQueue.open(tmp_path / "queue.sqlite3")
+    try:
+        await queue.append(items("a", 2))
+        await queue.release([r.id for r in await queue.lease(2)])
+        submit = queue._submit
+
+        async def cancelled(kind: str, *args: object) -> object:
+            if kind == "lease":
+                raise asyncio.CancelledError
+            return await submit(kind, *args)
+
+        queue._submit = cancelled  # type: ignore[method-assign]
+        with pytest.raises(asyncio.CancelledError):
+            await queue.lease(10)
+        queue._submit = submit  # type: ignore[method-assign]
+        assert [r.key for r in await queue.lease(10)] == ["a0", "a1"]
+    finally:
+        await queue.close()
+
+
+async def test_byte_totals_stay_exact_when_acked_rows_were_already_gone(tmp_path: Path) -> None:
+    """An ack whose rows another process already deleted recounts instead of guessing, so
+    depth and bytes still match the file."""
+    path = tmp_path / "q.sqlite3"
+    queue = await DurableQueue.open(path)
+    try:
+        await queue.append(items("k", 6, size=100))
+        leased = await queue.lease(10)
+        gone = sqlite3.connect(path)
+        gone.execute("DELETE FROM records WHERE id = ?", (leased[0].id,))
+        gone.commit()
+        gone.close()
+        await queue.ack([r.id for r in leased[:3]])
+        stats = queue.stats()
+        ((count, size),) = rows(
+            path, "SELECT count(*), total(length(record) + length(event) + 64) FROM records"
+        )
+        assert (stats.depth, stats.bytes) == (count, int(size)) == (3, stats.bytes)
+        await queue.ack([r.id for r in leased[3:]])
+        assert (queue.stats().depth, queue.stats().bytes) == (0, 0)
+    finally:
+        await queue.close()

@@ -1,0 +1,388 @@
+"""Loading the TOML config: defaults, every problem with its path, overrides, secrets."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from campaign_writer import sources
+from campaign_writer.config import Config, from_mapping, load
+from campaign_writer.errors import ConfigError
+from campaign_writer.logs import Secret
+from campaign_writer.settings import parse_duration, parse_size, split_listen
+from campaign_writer.soap import DEFAULT_URNS
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "config" / "example.toml"
+LOCAL = ROOT / "config" / "local.toml"
+
+MINIMAL = """
+[campaign]
+url = "https://tenant.campaign.adobe.com"
+[campaign.auth]
+login = "ops"
+password = "s3cret-pass"
+[[routes]]
+name = "sample"
+schema = "dem:sampleTableStg"
+method = "Ingest"
+fields.id = {}
+"""
+
+# Every key operators may set; example.toml must document each one.
+DOCUMENTED_KEYS = [
+    "campaign.url", "campaign.tps_limit", "campaign.max_response_bytes",
+    "campaign.retry_after_cap_s", "campaign.auth.mode", "campaign.auth.login",
+    "campaign.auth.password", "campaign.auth.password_env", "campaign.auth.password_file",
+    "campaign.auth.ims_url", "campaign.auth.client_id", "campaign.auth.client_secret",
+    "campaign.auth.scope", "campaign.auth.refresh_margin_s", "campaign.tls.verify",
+    "campaign.tls.ca_bundle", "campaign.wire.content_type", "campaign.wire.soap_action_quoted",
+    "campaign.wire.method_in_url", "campaign.wire.urns", "queue.path", "queue.max_bytes",
+    "queue.synchronous", "http.listen", "http.token", "http.max_body_bytes", "admin.listen",
+    "batch.max_records", "batch.max_bytes", "batch.linger_ms", "sender.max_in_flight",
+    "sender.timeout_s", "retry.max_age", "retry.initial_backoff_s", "retry.max_backoff_s",
+    "daemon.shutdown_timeout_s", "log.level", "log.format", "intake.invalid_xml_chars",
+    "routes.name", "routes.match", "routes.schema", "routes.method", "routes.key",
+    "routes.operation", "routes.operation_field", "routes.collection", "routes.fields.path",
+    "routes.fields.type", "routes.fields.length", "routes.fields.required",
+    "routes.fields.default", "sources.kind", "sources.name",
+]  # fmt: skip
+
+
+def minimal(**changes: Any) -> dict[str, Any]:
+    data = tomllib.loads(MINIMAL)
+    for dotted, value in changes.items():
+        node = data
+        *parents, last = dotted.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return data
+
+
+def problems_of(data: dict[str, Any], overrides: list[str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        from_mapping(data, overrides or [])
+    return caught.value.problems
+
+
+def test_example_loads_with_the_issue_routes_and_session_auth() -> None:
+    """config/example.toml is valid: session auth admin/admin and the two routes of the issue."""
+    config = load(EXAMPLE)
+    assert config.campaign.auth.mode == "session"
+    assert config.campaign.auth.login == "admin"
+    assert config.campaign.auth.password == Secret("admin")
+    sample, recipient = config.routes
+    assert (sample.schema, sample.method, sample.key_spec) == (
+        "dem:sampleTableStg",
+        "Ingest",
+        "@id",
+    )
+    assert [(f.attribute, f.length, f.required) for f in sample.fields] == [
+        ("id", 64, True),
+        ("testcol1", 255, False),
+        ("testcol2", 255, False),
+    ]
+    assert (recipient.schema, recipient.method, recipient.operation, recipient.key_spec) == (
+        "nms:recipient",
+        "WriteCollection",
+        "insertOrUpdate",
+        "@email",
+    )
+
+
+def test_example_documents_every_key_with_a_comment() -> None:
+    """Each operator-facing key appears in example.toml, right after a comment line."""
+    lines = EXAMPLE.read_text(encoding="utf-8").splitlines()
+    for dotted in DOCUMENTED_KEYS:
+        name = dotted.rsplit(".", 1)[-1]
+        # `key = ...` (maybe commented out), a `[table]` header, or a `#   key   what` line
+        # of the table documenting the [[routes]] keys.
+        pattern = re.compile(
+            rf"^\s*(#\s*)?{re.escape(name)}\s*=|^\[{re.escape(dotted)}\]|^#\s+{re.escape(name)}\s{{2,}}"
+        )
+        hits = [i for i, line in enumerate(lines) if pattern.search(line)]
+        assert hits, f"{dotted} is not in example.toml"
+        assert any(_commented(lines, i) for i in hits), f"{dotted} has no comment"
+
+
+def _commented(lines: list[str], index: int) -> bool:
+    """A comment documents the line: above its group of keys, or under a table header."""
+    if lines[index].startswith("[") and lines[index + 1].lstrip().startswith("#"):
+        return True
+    while index >= 0:
+        line = lines[index].strip()
+        if line.startswith("#"):
+            return True
+        if not line or line.startswith("["):
+            return False
+        index -= 1
+    return False
+
+
+def test_local_config_is_the_make_run_setup() -> None:
+    """config/local.toml: intake on 127.0.0.1:8080, simulator on :8081, queue under ./var/."""
+    config = load(LOCAL)
+    assert config.http.listen == "127.0.0.1:8080"
+    assert config.campaign.url == "http://127.0.0.1:8081"
+    assert config.campaign.auth.mode == "session"
+    assert (config.campaign.auth.login, config.campaign.auth.password) == ("admin", Secret("admin"))
+    assert config.queue.path.parts[0] == "var"
+    assert [r.name for r in config.routes] == ["sample", "recipient"]
+
+
+def test_defaults_fill_every_section_not_written() -> None:
+    """A minimal file gets the documented defaults everywhere else."""
+    config = from_mapping(minimal())
+    assert config.campaign.tps_limit == 20
+    assert config.campaign.retry_after_cap_s == 60
+    assert config.campaign.auth.ims_url == "https://ims-na1.adobelogin.com/ims/token/v3"
+    assert config.campaign.auth.refresh_margin_s == 300
+    assert config.campaign.tls.verify is True and config.campaign.tls.ca_bundle is None
+    assert dict(config.campaign.wire.urns) == dict(DEFAULT_URNS)
+    assert (str(config.queue.path), config.queue.max_bytes, config.queue.synchronous) == (
+        "var/queue.sqlite3",
+        1 << 30,
+        "FULL",
+    )
+    assert (config.http.listen, config.http.token, config.http.max_body_bytes) == (
+        "127.0.0.1:8080",
+        None,
+        16 << 20,
+    )
+    assert config.admin.listen == "127.0.0.1:9090"
+    assert (config.batch.max_records, config.batch.max_bytes, config.batch.linger_ms) == (
+        500,
+        4 << 20,
+        200,
+    )
+    assert (config.sender.max_in_flight, config.sender.timeout_s) == (32, 30)
+    assert (config.retry.max_age_s, config.retry.initial_backoff_s) == (3 * 3600, 0.5)
+    assert config.retry.max_backoff_s == 10
+    assert config.daemon.shutdown_timeout_s == 30
+    assert (config.log.level, config.log.format) == ("INFO", "auto")
+    assert config.intake.invalid_xml_chars == "reject"
+    assert config.routes[0].collection == "auto"
+    assert config.sources == ()
+
+
+def test_every_problem_is_reported_at_once_with_its_key_path() -> None:
+    """One load lists all faults, each as `path: message`, unknown keys with a suggestion."""
+    data = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
+    data["campaign"]["tps_limt"] = 5
+    data["campaign"]["url"] = "ftp://x"
+    data["queue"]["max_bytes"] = "lots"
+    data["retry"]["max_age"] = "3 days"
+    data["http"]["listen"] = "localhost"
+    data["log"]["level"] = "LOUD"
+    data["routes"].append(dict(data["routes"][1]))
+    data["routes"][2]["fields"] = {
+        "email": {"type": "strng"},
+        "bad name": {},
+        "_key": {},
+        "age": {"type": "long", "length": 3, "default": "old"},
+    }
+    data["routes"][2]["schema"] = "recipient"
+    data["routes"][2]["key"] = ["mail"]
+    problems = problems_of(data)
+    expected = [
+        "campaign.tps_limt: unknown key (did you mean 'tps_limit'?)",
+        "campaign.url: expected an http:// or https:// URL, got 'ftp://x'",
+        "queue.max_bytes: expected a size in bytes or a string like '512MiB', got string 'lots'",
+        "retry.max_age: expected seconds or a duration like '3h', '90m', '45s', got string "
+        "'3 days'",
+        "http.listen: expected host:port, got 'localhost'",
+        "log.level: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'LOUD'",
+        "routes[2].fields.email.type: unknown type 'strng' (did you mean 'string'?)",
+        "routes[2].fields.bad name: 'bad name' is not a valid XML name",
+        "routes[2].fields._key: is reserved for Campaign's own use",
+        "routes[2].fields.age.length: applies to string and memo, not long",
+        "routes[2].fields.age.default: 'old' is not an integer (long)",
+        "routes[2].schema: 'recipient' is not a schema id of the form 'namespace:name'",
+        "routes[2].key: 'mail' is not one of this route's fields",
+        "routes[2].name: 'recipient' is already the name of routes[1]",
+    ]
+    for line in expected:
+        assert line in problems
+    assert len(problems) == len(expected)
+
+
+def test_missing_required_keys_and_auth_needs_are_reported() -> None:
+    """No url, no routes, no password: each is named; ims mode wants client id and secret."""
+    problems = problems_of({"campaign": {"auth": {"login": "x"}}})
+    assert "campaign.url: is required" in problems
+    assert any(
+        p.startswith("campaign.auth.password: is required for mode 'session'") for p in problems
+    )
+    assert "routes: at least one [[routes]] block is needed" in problems
+    ims = problems_of(minimal(campaign__auth={"mode": "ims"}))
+    assert "campaign.auth.client_id: is required for mode 'ims'" in ims
+    assert any(p.startswith("campaign.auth.client_secret: is required") for p in ims)
+
+
+def test_set_overrides_any_key_with_toml_literals_or_text() -> None:
+    """--set parses numbers, booleans and arrays as TOML and anything else as a string."""
+    config = from_mapping(
+        minimal(),
+        [
+            "campaign.tps_limit=35.5",
+            "campaign.tls.verify=false",
+            "http.listen=127.0.0.1:0",
+            "log.level=debug",
+            "retry.max_age=90m",
+            "routes[0].fields.id.length=12",
+            'routes[0].key=["id"]',
+            "campaign.wire.urns.Ingest=xtk:session",
+            'queue.path="/data/q.sqlite3"',
+        ],
+    )
+    assert config.campaign.tps_limit == 35.5
+    assert config.campaign.tls.verify is False
+    assert config.http.listen == "127.0.0.1:0"
+    assert config.log.level == "DEBUG"
+    assert config.retry.max_age_s == 5400
+    assert config.routes[0].fields[0].length == 12
+    assert config.routes[0].key_spec == "@id"
+    assert config.campaign.wire.urn("Ingest") == "xtk:session"
+    assert str(config.queue.path) == "/data/q.sqlite3"
+
+
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [
+        ("campaign.auth.password=hunter22", "--set campaign.auth.password: secrets cannot be set"),
+        ("http.token=abcd1234", "--set http.token: secrets cannot be set"),
+        ("campaign.auth.client_secret=x", "--set campaign.auth.client_secret: secrets cannot"),
+        ("campaign.tps_limit", "--set campaign.tps_limit: expected section.key=value"),
+        ("routes[3].name=x", "--set routes[3].name: there is no element [3]"),
+        ("a..b=1", "--set a..b: not a key path"),
+        ("campaign.nope=1", "campaign.nope: unknown key"),
+    ],
+)
+def test_set_refuses_secrets_and_bad_paths(override: str, problem: str) -> None:
+    """Secrets never come from the command line; a bad --set is a named problem."""
+    problems = problems_of(minimal(), [override])
+    assert any(p.startswith(problem) for p in problems), problems
+    assert all("hunter22" not in p and "abcd1234" not in p for p in problems)
+
+
+def test_secrets_come_from_env_or_file_and_never_show(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """password_env and token_file fill Secrets; repr and errors never carry the values."""
+    monkeypatch.setenv("CW_TEST_PASSWORD", "pw-from-env-123")
+    token_file = tmp_path / "token"
+    token_file.write_text("tok-from-file-456\n", encoding="utf-8")
+    data = minimal(campaign__auth={"login": "ops", "password_env": "CW_TEST_PASSWORD"})
+    data["http"] = {"token_file": str(token_file)}
+    config = from_mapping(data)
+    assert config.campaign.auth.password == Secret("pw-from-env-123")
+    assert config.http.token is not None and config.http.token.reveal() == "tok-from-file-456"
+    shown = repr(config)
+    assert "pw-from-env-123" not in shown and "tok-from-file-456" not in shown
+    bad = minimal(campaign__auth={"login": "x", "password": "inline-999", "password_env": "X"})
+    bad["http"] = {"token_env": "CW_TEST_UNSET_VARIABLE", "token_file": str(tmp_path / "none")}
+    problems = problems_of(bad)
+    assert "campaign.auth.password: give only one of password, password_env" in problems
+    assert "http.token: give only one of token_env, token_file" in problems
+    assert all("inline-999" not in p for p in problems)
+    alone = minimal()
+    alone["http"] = {"token_env": "CW_TEST_UNSET_VARIABLE"}
+    assert problems_of(alone) == [
+        "http.token_env: environment variable CW_TEST_UNSET_VARIABLE is not set or empty"
+    ]
+
+
+def test_wire_urns_and_tls_bundle_are_checked(tmp_path: Path) -> None:
+    """URN spellings and method names are checked; the CA bundle must exist."""
+    data = minimal(campaign__wire={"urns": {"Ingest": "xtk:nope", "Frobnicate": "xtk:session"}})
+    data["campaign"]["tls"] = {"ca_bundle": str(tmp_path / "missing.pem")}
+    problems = problems_of(data)
+    assert any(p.startswith("campaign.wire.urns.Ingest: URN must be one of") for p in problems)
+    assert any(p.startswith("campaign.wire.urns.Frobnicate: unknown method") for p in problems)
+    assert f"campaign.tls.ca_bundle: no such file: {tmp_path / 'missing.pem'}" in problems
+
+
+def test_routes_sharing_a_lane_must_agree() -> None:
+    """Two routes to one schema and method must use the same key and collection mode."""
+    data = minimal()
+    data["routes"].append(
+        {
+            "name": "other",
+            "schema": "dem:sampleTableStg",
+            "method": "Ingest",
+            "collection": "never",
+            "key": ["id"],
+            "fields": {"id": {}},
+        }
+    )
+    problems = problems_of(data)
+    assert "routes[1].collection: differs from routes[0] on the same schema and method" in problems
+    assert "routes[1].key: differs from routes[0] on the same schema and method" in problems
+
+
+def test_sources_are_checked_by_their_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """[[sources]] need a known kind and a unique name; the kind's hook checks the rest."""
+    seen: list[tuple[dict[str, Any], str]] = []
+
+    def parse(options: Any, path: str, problems: list[str]) -> str:
+        seen.append((dict(options), path))
+        if "queue" not in options:
+            problems.append(f"{path}.queue: is required")
+        return "parsed"
+
+    monkeypatch.setitem(
+        sources._KINDS,
+        "file",
+        sources.SourceKind(create=lambda *a: None, parse_options=parse),  # type: ignore[arg-type,return-value]
+    )
+    data = minimal()
+    data["sources"] = [
+        {"kind": "file", "name": "one", "queue": "q"},
+        {"kind": "file", "name": "one"},
+        {"kind": "carrier-pigeon", "name": "http"},
+    ]
+    problems = problems_of(data)
+    assert seen == [({"queue": "q"}, "sources[0]"), ({}, "sources[1]")]
+    assert "sources[1].name: 'one' is already the name of sources[0]" in problems
+    assert "sources[1].queue: is required" in problems
+    assert any(p.startswith("sources[2].kind: must be one of 'rabbitmq'") for p in problems)
+    assert "sources[2].name: 'http' is the HTTP intake's own name" in problems
+    data["sources"] = data["sources"][:1]
+    config: Config = from_mapping(data)
+    assert (config.sources[0].name, config.sources[0].settings) == ("one", "parsed")
+    assert dict(config.sources[0].options) == {"queue": "q"}
+
+
+def test_unreadable_or_invalid_files_are_config_errors(tmp_path: Path) -> None:
+    """A missing file or broken TOML is a ConfigError naming the file."""
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "absent.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[campaign\nurl = 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"broken\.toml: not valid TOML"):
+        load(broken)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [(45, 45.0), ("45s", 45.0), ("90m", 5400.0), ("3h", 10800.0),
+                          ("1h30m", 5400.0), ("250ms", 0.25)]
+)  # fmt: skip
+def test_durations_take_seconds_or_units(text: object, seconds: float) -> None:
+    """retry.max_age and friends accept plain seconds or 'h', 'm', 's', 'ms' units."""
+    assert parse_duration(text) == seconds
+
+
+def test_sizes_and_listen_addresses_parse() -> None:
+    """Sizes take binary and decimal units; listen takes host:port and [v6]:port."""
+    assert parse_size("1GiB") == 1 << 30
+    assert parse_size("16 MB") == 16_000_000
+    assert parse_size(4096) == 4096
+    assert split_listen("[::1]:8080") == ("::1", 8080)
+    assert split_listen("0.0.0.0:0") == ("0.0.0.0", 0)
+    with pytest.raises(ValueError, match="brackets"):
+        split_listen("::1:8080")

@@ -1,0 +1,255 @@
+"""Routing and mapping events to staging records: matches, paths, keys, operations, errors."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from lxml import etree
+
+from campaign_writer.config import Config, from_mapping, load
+from campaign_writer.documents import build_entity, decode_record
+from campaign_writer.errors import RecordError
+from campaign_writer.router import Router
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "example.toml"
+
+BASE = """
+[campaign]
+url = "http://127.0.0.1:8081"
+[campaign.auth]
+login = "admin"
+password = "admin"
+"""
+
+
+def config_with(routes: str, extra: str = "") -> Config:
+    return from_mapping(tomllib.loads(BASE + extra + routes))
+
+
+def record_of(router: Router, event: dict[str, Any]) -> tuple[str, str | None, Any]:
+    routed = router.route(event)
+    record = decode_record(routed.record)
+    return routed.lane, routed.key, record
+
+
+@pytest.fixture(scope="module")
+def example() -> Router:
+    return Router(load(EXAMPLE))
+
+
+def test_example_routes_sample_events_to_staging_by_ingest(example: Router) -> None:
+    """The issue's sample event goes to dem:sampleTableStg by Ingest with _key @id."""
+    lane, key, record = record_of(
+        example, {"type": "sample", "id": "A1", "testcol1": "x", "testcol2": "y", "extra": 1}
+    )
+    assert lane == "dem:sampleTableStg#Ingest"
+    assert key == "A1"
+    assert record.attrs == {"id": "A1", "testcol1": "x", "testcol2": "y"}
+    assert record.key == "@id"
+    assert record.operation is None
+    assert build_entity("dem:sampleTableStg", record) == (
+        '<sampleTableStg xtkschema="dem:sampleTableStg" _key="@id" id="A1" testcol1="x" '
+        'testcol2="y"/>'
+    )
+
+
+def test_example_routes_recipients_by_writecollection_insert_or_update(example: Router) -> None:
+    """The issue's recipient event goes to nms:recipient, insertOrUpdate keyed on @email."""
+    lane, key, record = record_of(
+        example, {"type": "recipient", "email": "a@b.c", "firstName": "Ann", "lastName": "Lee"}
+    )
+    assert lane == "nms:recipient#WriteCollection"
+    assert key == "a@b.c"
+    assert record.operation == "insertOrUpdate"
+    assert record.key == "@email"
+    assert record.attrs == {"email": "a@b.c", "firstName": "Ann", "lastName": "Lee"}
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        ({"type": "sample"}, "id: is required"),
+        ({"type": "sample", "id": None}, "id: is required, got null"),
+        ({"type": "sample", "id": ""}, "id: is required and must not be empty"),
+        ({"type": "sample", "id": "x" * 65}, "id: is 65 characters long; string(64)"),
+        ({"type": "sample", "id": "1", "testcol1": [1]}, "testcol1: expected a string, got array"),
+        ({"type": "order", "id": "1"}, "type: 'order' matches no route"),
+        ({"id": "1"}, "type: is missing; routes match it against 'sample', 'recipient'"),
+        ({"type": 7}, "type: number 7 matches no route"),
+        ({"type": ["sample"]}, "type: an array matches no route"),
+        ({"type": "sample", "id": "a\u0000b"}, "id: character U+0000 at position 1"),
+    ],
+)
+def test_rejections_name_the_field_and_what_was_wrong(
+    example: Router, event: dict[str, Any], message: str
+) -> None:
+    """Every refusal says which field and what is wrong with it."""
+    with pytest.raises(RecordError) as caught:
+        example.route(event)
+    assert message in str(caught.value)
+
+
+def test_fields_come_from_dotted_paths_with_types_defaults_and_nulls() -> None:
+    """Dotted paths reach nested values; defaults fill gaps; null clears; absent is left out."""
+    router = Router(
+        config_with("""
+[[routes]]
+name = "profiles"
+match = { kind = "profile", version = 2 }
+schema = "acme:profileStg"
+method = "IngestExt"
+key = ["account", "region"]
+[routes.fields]
+account = { path = "user.account.id", type = "int64" }
+region = { path = "user.region", default = "eu" }
+points = { path = "stats.points", type = "long", default = 0 }
+vip = { path = "flags.vip", type = "boolean" }
+seen = { path = "seenAt", type = "datetime" }
+note = { type = "memo" }
+""")
+    )
+    lane, key, record = record_of(
+        router,
+        {
+            "kind": "profile",
+            "version": 2,
+            "user": {"account": {"id": 12}},
+            "stats": {"points": None},
+            "flags": {"vip": "yes"},
+            "seenAt": "2024-05-01T12:00:00+02:00",
+            "note": None,
+        },
+    )
+    assert lane == "acme:profileStg#IngestExt"
+    assert key == "12\x1feu"
+    assert record.key == "@account, @region"
+    assert record.attrs == {
+        "account": "12",
+        "region": "eu",
+        "points": "0",
+        "vip": "true",
+        "seen": "2024-05-01 10:00:00.000Z",
+        "note": "",
+    }
+    with pytest.raises(
+        RecordError, match=r"matches no route \(routes take profiles: kind='profile', version=2\)"
+    ):
+        router.route({"kind": "profile", "version": 2.0, "user": {"account": {"id": 1}}})
+    with pytest.raises(RecordError, match=r"user\.account\.id: is required"):
+        router.route({"kind": "profile", "version": 2, "user": {"account": 5}})
+
+
+def test_first_matching_route_wins_and_empty_match_takes_the_rest() -> None:
+    """Routes are tried in order; a route without match is a catch-all."""
+    router = Router(
+        config_with("""
+[[routes]]
+name = "vip"
+match = { type = "sample", vip = true }
+schema = "dem:vipStg"
+method = "Ingest"
+fields.id = {}
+[[routes]]
+name = "rest"
+schema = "dem:sampleTableStg"
+method = "Ingest"
+fields.id = {}
+""")
+    )
+    assert router.route({"type": "sample", "vip": True, "id": "1"}).route == "vip"
+    assert router.route({"type": "sample", "vip": 1, "id": "1"}).route == "rest"
+    assert router.route({"anything": 1, "id": "2"}).route == "rest"
+
+
+def test_operation_field_sets_delete_which_carries_only_the_key() -> None:
+    """An IngestExt delete taken from the event sends the key fields alone."""
+    router = Router(
+        config_with("""
+[[routes]]
+name = "sample"
+match = { type = "sample" }
+schema = "dem:sampleTableStg"
+method = "IngestExt"
+key = ["id"]
+operation_field = "meta.op"
+fields.id = { length = 64 }
+fields.testcol1 = { required = true }
+""")
+    )
+    _, key, record = record_of(router, {"type": "sample", "id": "9", "meta": {"op": "delete"}})
+    assert (key, record.operation, record.attrs) == ("9", "delete", {"id": "9"})
+    _, _, upsert = record_of(router, {"type": "sample", "id": "9", "testcol1": "v"})
+    assert upsert.operation is None
+    assert upsert.attrs == {"id": "9", "testcol1": "v"}
+    with pytest.raises(RecordError, match=r"meta\.op: 'drop' is not an operation"):
+        router.route({"type": "sample", "id": "9", "meta": {"op": "drop"}})
+
+
+def test_strip_policy_removes_forbidden_characters_instead_of_refusing() -> None:
+    """intake.invalid_xml_chars = 'strip' keeps the event and drops the bad characters."""
+    routes = """
+[[routes]]
+name = "s"
+schema = "dem:sampleTableStg"
+method = "Ingest"
+fields.id = {}
+"""
+    router = Router(config_with(routes, '[intake]\ninvalid_xml_chars = "strip"\n'))
+    assert decode_record(router.route({"id": "a\x0bb\ufffe"}).record).attrs == {"id": "ab"}
+
+
+def test_route_lines_keeps_good_lines_around_broken_ones(example: Router) -> None:
+    """In a batch of raw lines, each bad line is rejected with its index; the rest pass."""
+    lines = [
+        b'{"type":"sample","id":"1"}',
+        b"{not json",
+        b"",
+        b'{"type":"sample"}',
+        b"[1,2]",
+        b'{"type":"sample","id":"2"}\r',
+        b"\xff\xfe",
+    ]
+    routing = example.route_lines(lines, source="test", created_at=5.0)
+    assert [item.key for item in routing.items] == ["1", "2"]
+    assert [item.event for item in routing.items] == [lines[0], lines[5]]
+    assert {item.source for item in routing.items} == {"test"}
+    rejected = dict(routing.rejected)
+    assert sorted(rejected) == [1, 3, 4, 6]
+    assert rejected[1].startswith("invalid JSON")
+    assert rejected[3] == "id: is required"
+    assert rejected[4] == "an event must be a JSON object, got array"
+    assert "UTF-8" in rejected[6]
+    strict = example.route_lines([b" "], source="broker", created_at=0, skip_blank=False)
+    assert strict.rejected == [(0, "empty event")]
+
+
+def test_route_events_keeps_each_original_event_as_json(example: Router) -> None:
+    """Decoded events (a JSON array) are re-encoded as their own event bytes."""
+    events = [{"type": "sample", "id": "é"}, 3]
+    routing = example.route_events(events, source="http", created_at=1.0)
+    assert orjson.loads(routing.items[0].event) == events[0]
+    assert routing.rejected == [(1, "an event must be a JSON object, got number")]
+
+
+@given(
+    st.text(min_size=1, max_size=64).filter(lambda s: s.strip()),
+    st.text(max_size=80),
+)
+def test_any_accepted_value_reaches_the_document_intact(identifier: str, text: str) -> None:
+    """Whatever the router accepts parses back from the staging document unchanged."""
+    router = Router(load(EXAMPLE))
+    try:
+        routed = router.route({"type": "sample", "id": identifier, "testcol1": text})
+    except RecordError as exc:
+        assert exc.field in {"id", "testcol1"}
+        return
+    xml = build_entity("dem:sampleTableStg", decode_record(routed.record))
+    element = etree.fromstring(xml.encode("utf-8"))
+    assert element.get("id") == identifier
+    assert element.get("testcol1") == text
