@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 
 import nats
@@ -145,6 +146,27 @@ async def test_a_deleted_consumer_is_noticed_and_recreated(
     events = sample_events(stream.name, 20)
     await stream.publish([body for _, body in events])
     assert sorted(await collect([intake], 20)) == sorted(key for key, _ in events)
+
+
+async def test_a_consumer_deleted_between_pull_requests_is_noticed(
+    stream: Stream, intake_factory: IntakeFactory, sources: list, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Deleted while the source was paused on a full queue, so no pull request was open to
+    get JetStream's 409: the first unanswered request after the pause finds it gone."""
+    events = sample_events(stream.name, 600)
+    await stream.publish([body for _, body in events])
+    intake = await intake_factory(max_bytes=64 * 1024)
+    source = make_source("nats", stream, intake, batch_size=100, reconnect_initial_s=0.05)
+    sources.append(source)
+    await source.start()
+    await eventually(lambda: intake.sample("source_paused", "nats") == 1, what="the pause")
+    await stream.js.delete_consumer(stream.name, "writers")
+    with caplog.at_level(logging.WARNING, logger="campaign_writer.sources"):
+        keys = await collect([intake], [key for key, _ in events])
+    assert set(keys) == {key for key, _ in events}
+    assert intake.sample("source_reconnects_total", "nats") >= 1
+    errors = [str(getattr(record, "error", "")) for record in caplog.records]
+    assert any("no longer exists" in error for error in errors), errors
 
 
 async def test_poison_messages_are_dead_lettered_and_never_redelivered(

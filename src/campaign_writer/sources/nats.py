@@ -136,6 +136,7 @@ class NatsSource(BrokerSource):
         super().__init__(name, settings.common, router, queue, metrics)
         self.settings = settings
         self._client: Client | None = None
+        self._js: JetStreamContext | None = None
         self._inbox = ""
         self._next_subject = ""
         self._pending: deque[Message] = deque()
@@ -163,7 +164,8 @@ class NatsSource(BrokerSource):
                 error_cb=self._on_error,
                 closed_cb=self._on_closed,
             )
-            await self._ensure_consumer(client.jetstream())
+            self._js = client.jetstream()
+            await self._ensure_consumer(self._js)
             self._inbox = client.new_inbox()
             await client.subscribe(self._inbox, cb=self._on_message)
         except _ERRORS as exc:
@@ -253,6 +255,7 @@ class NatsSource(BrokerSource):
             if not pending:
                 if not self._arrived.is_set():
                     self._requested = 0  # no answer at all: ask again next time
+                    await self._check_consumer()
                 self._connected_client()
                 return []
         if len(pending) < max_count and self._requested and wait_s > 0:
@@ -260,6 +263,24 @@ class NatsSource(BrokerSource):
             await asyncio.sleep(wait_s)
         count = min(max_count, len(pending))
         return [pending.popleft() for _ in range(count)]
+
+    async def _check_consumer(self) -> None:
+        """A pull request nobody answered: is the durable still there?
+
+        JetStream answers an open request with a 409 when its consumer is deleted, but a
+        request sent after the deletion gets no answer at all, so silence alone would
+        leave us asking forever.
+        """
+        js = self._js
+        if js is None:
+            return
+        settings = self.settings
+        try:
+            await js.consumer_info(settings.stream, settings.durable, timeout=FLUSH_TIMEOUT_S)
+        except nats.js.errors.NotFoundError as exc:
+            self._problem = f"consumer no longer exists ({exc.description or exc!r})"
+        except _ERRORS as exc:
+            raise SourceError(f"NATS consumer check failed: {exc!r}") from exc
 
     async def _ack(self, batch: list[Message]) -> bool:
         client = self._connected_client()
@@ -291,6 +312,7 @@ class NatsSource(BrokerSource):
 
     async def _shutdown(self) -> None:
         client, self._client = self._client, None
+        self._js = None
         self._pending.clear()
         self._requested = 0
         if client is not None and not client.is_closed:
