@@ -282,7 +282,9 @@ async def measure(
         await source.start()
         # Sustained intake: timed from the first batch on, not the connection set-up
         # (a Kafka group join alone takes seconds).
-        while not source.stats()["received"]:  # noqa: ASYNC110 - polls a counter
+        while not source.stats()["received"]:
+            if source.crashed is not None:
+                raise RuntimeError(f"{broker} source crashed: {source.crashed!r}")
             await asyncio.sleep(0.001)
         cpu, wall = time.process_time(), time.perf_counter()
         timed = count - source.stats()["received"]

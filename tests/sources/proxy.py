@@ -2,7 +2,9 @@
 
 Cutting from the middle proves reconnects without restarting a broker that other
 tests (and other engineers' runs) share: ``cut()`` resets every open connection, and
-``refuse(seconds)`` also turns new ones away for a while, as a restarting broker would.
+``refuse(seconds)`` also turns new ones away for a while, as a restarting broker would,
+and ``freeze()`` keeps connections open but drops every byte, as a network partition
+would (only heartbeats can tell).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._refuse_until = 0.0
+        self.frozen = False
+        self._thawed = asyncio.Event()
+        self._thawed.set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -52,8 +57,8 @@ class TcpProxy:
         link = (writer, up_writer)
         self._links.add(link)
         pumps = [
-            asyncio.create_task(_pump(reader, up_writer)),
-            asyncio.create_task(_pump(up_reader, writer)),
+            asyncio.create_task(self._pump(reader, up_writer)),
+            asyncio.create_task(self._pump(up_reader, writer)),
         ]
         self._tasks.update(pumps)
         try:
@@ -76,6 +81,24 @@ class TcpProxy:
         self.cuts += len(links)
         return len(links)
 
+    def freeze(self, frozen: bool = True) -> None:
+        """Drop (or, with False, forward again) every byte, leaving connections open."""
+        self.frozen = frozen
+        if frozen:
+            self._thawed.clear()
+        else:
+            self._thawed.set()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while data := await reader.read(65536):
+                if self.frozen:
+                    continue
+                writer.write(data)
+                await writer.drain()
+        # A partition hides the far side's close too: the link stays up while frozen.
+        await self._thawed.wait()
+
     def refuse(self, seconds: float) -> None:
         """Reset new connections for ``seconds``, like a broker that is restarting."""
         self._refuse_until = time.monotonic() + seconds
@@ -89,13 +112,6 @@ class TcpProxy:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

@@ -1,21 +1,19 @@
-"""RabbitMQ intake (aio-pika): one queue, manual acks after the local commit.
+"""RabbitMQ intake: one queue, manual acks after the local commit.
 
 * The queue is either declared by us (``declare = true``: durable, ``queue_type``
-  classic or quorum) or must exist already (checked with a passive declare).
+  classic or quorum) or must exist already (checked with a passive declare). This
+  set-up runs through aio-pika on a short connection of its own.
+* Deliveries come over :class:`~.amqp.AmqpConsumer`, a lean consuming connection
+  (see that module for why aiormq is not used on this path).
 * ``prefetch`` (default twice ``batch_size``) caps the unacked messages the broker
   sends us: while the local queue is full we stop acking, so the broker stops
   sending, and memory stays bounded.
 * A batch is acked with one ``basic.ack(multiple=True)`` on its last delivery tag:
   one consumer on one channel receives tags in order, so "this tag and every one
   before it" is exactly the batch.
-* Connection handling is ours, not aio-pika's robust connection: a lost connection
-  ends the consume loop, :class:`~.base.BrokerSource` reconnects with capped backoff,
-  and unacked messages are redelivered by RabbitMQ.
-
-Deliveries are taken from aio-pika's underlying aiormq channel instead of wrapping
-each one in an ``IncomingMessage``: at tens of thousands of messages a second that
-wrapper is most of the per-message cost, and we only need the body, the headers
-and the delivery tag.
+* A lost connection, or the broker cancelling the consumer (its queue was deleted),
+  ends the consume loop; :class:`~.base.BrokerSource` reconnects with capped backoff,
+  and RabbitMQ redelivers what was not acked.
 """
 
 from __future__ import annotations
@@ -28,8 +26,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import aio_pika
-import aiormq
-from aio_pika.abc import AbstractChannel, AbstractConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from pamqp.common import FieldTable
 from yarl import URL
@@ -38,6 +34,7 @@ from ..errors import SourceError
 from ..logs import Secret
 from ..metrics import Metrics
 from ..settings import Section
+from .amqp import AmqpConsumer, AmqpError, Endpoint
 from .base import POLL_S, BrokerSource, CommonSettings, IntakeQueue, IntakeRouter, Message
 from .base import headers_text as _headers_text
 from .options import block_settings, broker_url, raise_problems, safe_url
@@ -48,7 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["KIND", "RabbitMQSettings", "RabbitMQSource", "create", "parse_options", "read_settings"]
 
 KIND = "rabbitmq"
-_ERRORS = (*CONNECTION_EXCEPTIONS, TimeoutError)
+_ERRORS = (*CONNECTION_EXCEPTIONS, TimeoutError, AmqpError)
 
 
 @dataclass(frozen=True)
@@ -107,61 +104,53 @@ class RabbitMQSource(BrokerSource):
     ) -> None:
         super().__init__(name, settings.common, router, queue, metrics)
         self.settings = settings
-        self._connection: AbstractConnection | None = None
-        self._channel: AbstractChannel | None = None
-        self._raw_channel: aiormq.abc.AbstractChannel | None = None
+        self._consumer: AmqpConsumer | None = None
         self._pending: deque[Message] = deque()
         self._arrived = asyncio.Event()
         self._lost: str | None = None
-        self._consumer_tag: str | None = None
 
     async def _open(self) -> None:
         settings = self.settings
         self._pending.clear()
         self._lost = None
         try:
-            self._connection = await aio_pika.connect(self._url())
-            self._connection.close_callbacks.add(self._on_close)
-            self._channel = await self._connection.channel()
-            await self._channel.set_qos(prefetch_count=settings.prefetch)
-            if settings.declare:
-                arguments: FieldTable = {"x-queue-type": settings.queue_type}
-                queue = await self._channel.declare_queue(
-                    settings.queue, durable=True, arguments=arguments
-                )
-            else:
-                queue = await self._channel.declare_queue(settings.queue, passive=True)
-            self._raw_channel = await self._channel.get_underlay_channel()
-            consume = await self._raw_channel.basic_consume(
-                queue.name, self._on_delivery, no_ack=False
+            await self._set_up_queue()
+            self._consumer = await AmqpConsumer.open(
+                Endpoint.from_url(settings.url.reveal()),
+                queue=settings.queue,
+                prefetch=settings.prefetch,
+                name=f"campaign-writer:{self.name}",
+                on_delivery=self._on_delivery,
+                on_lost=self._on_lost,
             )
-            self._consumer_tag = consume.consumer_tag
         except _ERRORS as exc:
             raise SourceError(
-                f"RabbitMQ {safe_url(settings.url)} queue {settings.queue!r}: {exc!r}"
+                f"RabbitMQ {safe_url(settings.url)} queue {settings.queue!r}: {exc}"
             ) from exc
 
-    def _url(self) -> URL:
-        # aiormq takes the connection's name from the URL (client_properties are ignored
-        # with a URL): operators then see "campaign-writer:<source>" in RabbitMQ's list.
-        url = URL(self.settings.url.reveal())
-        if "name" in url.query:
-            return url
-        return url.update_query(name=f"campaign-writer:{self.name}")
+    async def _set_up_queue(self) -> None:
+        """Declare the queue, or check that it exists, on a short aio-pika connection."""
+        settings = self.settings
+        url = URL(settings.url.reveal())
+        url = url.update_query(name=f"campaign-writer:{self.name}:set-up")
+        connection = await aio_pika.connect(url)
+        try:
+            channel = await connection.channel()
+            if settings.declare:
+                arguments: FieldTable = {"x-queue-type": settings.queue_type}
+                await channel.declare_queue(settings.queue, durable=True, arguments=arguments)
+            else:
+                await channel.declare_queue(settings.queue, passive=True)
+        finally:
+            with contextlib.suppress(*_ERRORS):
+                await asyncio.wait_for(connection.close(), POLL_S * 4)
 
-    def _on_close(self, _sender: Any, exc: BaseException | None = None) -> None:
-        self._lost = repr(exc) if exc is not None else "connection closed"
+    def _on_lost(self, reason: str) -> None:
+        self._lost = reason
         self._arrived.set()
 
-    async def _on_delivery(self, delivered: aiormq.abc.DeliveredMessage) -> None:
-        headers = delivered.header.properties.headers
-        self._pending.append(
-            Message(
-                delivered.body,
-                _headers_text(headers) if headers else {},
-                delivered.delivery_tag,
-            )
-        )
+    def _on_delivery(self, tag: int, body: bytes, headers: dict[str, Any] | None) -> None:
+        self._pending.append(Message(body, _headers_text(headers) if headers else {}, tag))
         self._arrived.set()
 
     def _wake(self) -> None:
@@ -169,16 +158,7 @@ class RabbitMQSource(BrokerSource):
 
     def _check(self) -> None:
         if self._lost is not None:
-            raise SourceError(f"RabbitMQ connection lost: {self._lost}")
-        # aiormq's Channel keeps its live consumers by tag (not on the abstract type).
-        consumers = getattr(self._raw_channel, "consumers", None)
-        if consumers is not None and self._consumer_tag not in consumers:
-            # RabbitMQ cancels a consumer whose queue was deleted; aiormq only forgets
-            # it, so without this check the source would wait forever.
-            raise SourceError(
-                f"RabbitMQ cancelled the consumer of queue {self.settings.queue!r}"
-                " (was it deleted?)"
-            )
+            raise SourceError(f"RabbitMQ queue {self.settings.queue!r}: {self._lost}")
 
     async def _receive(self, max_count: int, wait_s: float) -> list[Message]:
         pending = self._pending
@@ -197,11 +177,11 @@ class RabbitMQSource(BrokerSource):
 
     async def _ack(self, batch: list[Message]) -> bool:
         self._check()
-        assert self._raw_channel is not None
+        assert self._consumer is not None
         try:
-            await self._raw_channel.basic_ack(batch[-1].handle, multiple=True)
-        except _ERRORS as exc:
-            raise SourceError(f"RabbitMQ ack failed: {exc!r}") from exc
+            self._consumer.ack(batch[-1].handle, multiple=True)
+        except AmqpError as exc:
+            raise SourceError(f"RabbitMQ ack failed: {exc}") from exc
         return True
 
     async def _idle(self, batch: Any) -> None:
@@ -210,10 +190,7 @@ class RabbitMQSource(BrokerSource):
         self._check()
 
     async def _shutdown(self) -> None:
-        connection, self._connection = self._connection, None
-        self._channel = None
-        self._raw_channel = None
+        consumer, self._consumer = self._consumer, None
         self._pending.clear()
-        if connection is not None:
-            with contextlib.suppress(*_ERRORS):
-                await asyncio.wait_for(connection.close(), POLL_S * 4)
+        if consumer is not None:
+            await consumer.close(POLL_S * 4)
