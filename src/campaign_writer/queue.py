@@ -22,6 +22,11 @@ Leases live in memory. One process owns a queue file (an advisory lock on
 ``<file>-lock``); after a crash, every record that was not acknowledged is ready
 again on the next open. New records are found by id, which only grows, so records
 appended by another process (``campaign-writer dlq replay``) reach delivery too.
+
+Once a lease has read to the end of the file, the records this process appends next
+are handed to ``lease`` from memory as their commits settle (up to ``_TAIL_MAX`` of
+them), which saves the queue thread a read per append. A gap in their ids, a commit by
+another process, or a backlog beyond that bound sends leases back to the file.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import heapq
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +75,7 @@ log = get_logger("queue")
 
 DEFAULT_MAX_BYTES: Final = 1024**3
 RESUME_FRACTION: Final = 0.95  # wait_for_space wakes once usage is below this share
+_TAIL_MAX: Final = 20_000  # fresh records held in memory for lease(); beyond, read the file
 
 
 class QueueItem(NamedTuple):
@@ -215,6 +222,11 @@ class DurableQueue:
         self._due: list[tuple[float, int]] = []  # (retry_at, id) of retried/released records
         self._leased: dict[int, int] = {}  # id -> size, so an ack needs no read-back
         self._more = False  # the last scan stopped at its limit
+        # Records this process appended since the last scan that reached the end of the
+        # file, when they are known to be ALL the records above the cursor: lease()
+        # then hands them over without reading them back (see _take_tail).
+        self._tail: deque[tuple[Leased, int]] = deque()
+        self._tail_exact = False
         self._new_records = asyncio.Event()
         self._space = asyncio.Event()
         self._lease_lock = asyncio.Lock()
@@ -274,9 +286,23 @@ class DurableQueue:
 
     def _settle(self, batch: list[Job], snap: Snapshot | None, external: bool) -> None:
         appended = external
+        if external:
+            self._forget_tail()  # another process wrote: only a scan knows what is there
         for job in batch:
-            if job.kind == "append" and job.error is None and job.result:
+            if job.error is not None:
+                pass
+            elif job.kind == "append" and job.result:
                 appended = True
+                if self._tail_exact:
+                    self._extend_tail(job.args[0], job.result)
+            elif job.kind == "lease" and not self._tail_exact:
+                wanted = job.args[2]
+                if wanted > 0 and len(job.result[1]) < wanted:
+                    # This scan read to the end of the file. Appends settled from here on
+                    # are all that lies above it (unless another process writes), and
+                    # their results come after this one, in commit order.
+                    self._tail.clear()
+                    self._tail_exact = True
             future = job.future
             if future is None or future.done():
                 continue
@@ -342,10 +368,59 @@ class DurableQueue:
 
     # --- delivery --------------------------------------------------------------------
 
+    def _extend_tail(self, items: Sequence[QueueItem], ids: Sequence[int]) -> None:
+        if len(self._tail) + len(ids) > _TAIL_MAX:
+            self._forget_tail()  # a backlog builds up: leases read it from the file
+            return
+        tail = self._tail
+        for record_id, item in zip(ids, items, strict=True):
+            size = len(item.record) + len(item.event) + ROW_OVERHEAD
+            tail.append(
+                (Leased(record_id, item.lane, item.key, item.record, 0, item.created_at), size)
+            )
+
+    def _forget_tail(self) -> None:
+        self._tail.clear()
+        self._tail_exact = False
+
+    def _take_tail(self, limit: int) -> list[Leased] | None:
+        """Fresh records from memory, or None when the file must be read.
+
+        Ids of one process's appends follow each other; a gap means another process
+        inserted rows in between (a replay), so the file is read from there on.
+        """
+        tail = self._tail
+        while tail and tail[0][0].id <= self._cursor:
+            tail.popleft()  # also read back by the scan that made the tail exact
+        if not tail or tail[0][0].id != self._cursor + 1:
+            if tail:
+                self._forget_tail()
+            return None
+        taken: list[Leased] = []
+        sizes = self._leased
+        expected = self._cursor + 1
+        while tail and len(taken) < limit and tail[0][0].id == expected:
+            leased, size = tail.popleft()
+            taken.append(leased)
+            sizes[leased.id] = size
+            expected += 1
+        self._cursor = expected - 1
+        if tail and tail[0][0].id != expected:
+            self._forget_tail()
+            self._more = True  # the rest is read from the file
+        else:
+            self._more = bool(tail)
+        return taken
+
     async def lease(self, limit: int) -> list[Leased]:
         """Up to ``limit`` ready records (retry_at passed, not leased), oldest first."""
         async with self._lease_lock:
             now = self._clock()
+            if self._tail_exact and not (self._due and self._due[0][0] <= now):
+                self._new_records.clear()
+                taken = self._take_tail(limit)
+                if taken is not None:
+                    return taken
             popped: list[tuple[float, int]] = []
             while self._due and self._due[0][0] <= now and len(popped) < limit:
                 popped.append(heapq.heappop(self._due))
@@ -381,6 +456,11 @@ class DurableQueue:
                     break
                 wanted = limit - len(leased)
             return leased
+
+    async def refresh(self) -> None:
+        """Look now for records another process committed (the queue thread also looks
+        whenever it runs a job, and every quarter of a second when idle)."""
+        await self._submit("lease", [], self._cursor, 0)
 
     async def ack(self, ids: Iterable[int]) -> None:
         """Delivered: remove the records for good."""

@@ -243,22 +243,28 @@ def _ensure_schema(conn: sqlite3.Connection, path: Path, create: bool) -> None:
     conn.execute("COMMIT")
 
 
-def insert_records(conn: sqlite3.Connection, items: Sequence[QueueItem]) -> None:
-    """Insert queue items with multi-row INSERTs, in power-of-two chunks.
+def insert_records(conn: sqlite3.Connection, items: Sequence[QueueItem]) -> list[int]:
+    """Insert queue items with multi-row INSERTs, in power-of-two chunks; their new ids.
 
     executemany steps SQLite once per row and hands the GIL back and forth each time,
     which stalls this thread whenever the event loop is busy routing; one statement
     per chunk releases the GIL once. Power-of-two sizes keep the distinct statements
-    (cached by sqlite3) to ten.
+    (cached by sqlite3) to ten. The rows of one statement take consecutive ids (the
+    write lock is ours and ids only grow), so the last one gives them all.
     """
+    ids: list[int] = []
     start = 0
     while start < len(items):
         rows = 1 << (min(len(items) - start, _MAX_ROWS_PER_INSERT).bit_length() - 1)
         sql = _inserts.get(rows)
         if sql is None:
             sql = _inserts[rows] = _INSERT_RECORDS + ", (?, ?, ?, ?, ?, ?)" * (rows - 1)
-        conn.execute(sql, list(itertools.chain.from_iterable(items[start : start + rows])))
+        cursor = conn.execute(sql, list(itertools.chain.from_iterable(items[start : start + rows])))
+        last = cursor.lastrowid
+        assert last is not None
+        ids.extend(range(last - rows + 1, last + 1))
         start += rows
+    return ids
 
 
 def _recount(conn: sqlite3.Connection) -> None:
@@ -499,12 +505,12 @@ class Worker:
         codes: dict[str, int],
         items: Sequence[QueueItem],
         raws: Sequence[RawDeadLetter],
-    ) -> int:
+    ) -> list[int]:
         size = sum(len(i.record) + len(i.event) for i in items) + ROW_OVERHEAD * len(items)
         raw_rows = [_raw_row(raw, self.clock()) for raw in raws]
         raw_size = sum(row[-1] for row in raw_rows)
         self._room(totals, size + raw_size)  # raises _Refused before anything is written
-        insert_records(conn, items)
+        ids = insert_records(conn, items)
         totals[0] += len(items)
         totals[1] += size
         if raw_rows:
@@ -513,7 +519,7 @@ class Worker:
             totals[3] += raw_size
             for raw in raws:
                 codes[raw.code] = codes.get(raw.code, 0) + 1
-        return len(items)
+        return ids
 
     def _ack(
         self,

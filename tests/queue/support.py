@@ -9,6 +9,7 @@ import orjson
 
 from campaign_writer.documents import StagingRecord, encode_record
 from campaign_writer.queue import QueueItem
+from campaign_writer.queuefile import SQL_SET_TOTALS, SQL_TOTALS, insert_records, open_connection
 
 LANE = "dem:sampleTableStg#Ingest"
 
@@ -39,5 +40,20 @@ def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
     connection = sqlite3.connect(path)
     try:
         return connection.execute(sql).fetchall()
+    finally:
+        connection.close()
+
+
+def append_elsewhere(path: Path, new: list[QueueItem]) -> None:
+    """Append as another process does (a ``dlq replay``): its own connection and commit."""
+    connection = open_connection(path, create=False)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        totals = list(connection.execute(SQL_TOTALS).fetchone())
+        insert_records(connection, new)
+        totals[0] += len(new)
+        totals[1] += sum(len(i.record) + len(i.event) + 64 for i in new)
+        connection.execute(SQL_SET_TOTALS, totals)
+        connection.execute("COMMIT")
     finally:
         connection.close()

@@ -20,7 +20,7 @@ from hypothesis.stateful import (
 
 from campaign_writer.deadletter import DeadLetterStore
 from campaign_writer.queue import DurableQueue
-from tests.queue.support import WallClock, items
+from tests.queue.support import WallClock, append_elsewhere, items
 
 T = TypeVar("T")
 
@@ -55,6 +55,16 @@ class QueueMachine(RuleBasedStateMachine):
         new = items(f"k{self.appended}-", count)
         self.appended += count
         self.run(self.queue.append(new))
+        self.ready.update(str(i.key) for i in new)
+
+    @rule(count=st.integers(1, 30))
+    def append_from_another_process(self, count: int) -> None:
+        """Rows another process commits between ours; refresh() makes the queue look now
+        (the queue thread's idle poll would, within a quarter of a second)."""
+        new = items(f"k{self.appended}-", count)
+        self.appended += count
+        append_elsewhere(self.path, new)
+        self.run(self.queue.refresh())
         self.ready.update(str(i.key) for i in new)
 
     @rule(count=st.integers(1, 40))
@@ -144,7 +154,8 @@ class QueueMachine(RuleBasedStateMachine):
 
 
 def test_invariants_every_record_is_acked_or_dead_lettered_exactly_once() -> None:
-    """Any mix of append, lease, ack, retry, release, dead-letter, time and restarts keeps it."""
+    """Any mix of append (here or by another process), lease, ack, retry, release,
+    dead-letter, time and restarts keeps it."""
     run_state_machine_as_test(
         QueueMachine,
         settings=settings(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from campaign_writer.queue import DurableQueue
-from tests.queue.support import WallClock, item, items, rows
+from tests.queue.support import WallClock, append_elsewhere, item, items, rows
 
 
 async def test_lease_hands_out_each_ready_record_once_oldest_first(tmp_path: Path) -> None:
@@ -148,5 +148,33 @@ async def test_byte_totals_stay_exact_when_acked_rows_were_already_gone(tmp_path
         assert (stats.depth, stats.bytes) == (count, int(size)) == (3, stats.bytes)
         await queue.ack([r.id for r in leased[3:]])
         assert (queue.stats().depth, queue.stats().bytes) == (0, 0)
+    finally:
+        await queue.close()
+
+
+async def test_fresh_appends_are_leased_whole_and_in_order_from_memory_or_file(
+    tmp_path: Path,
+) -> None:
+    """Once a scan has read to the end, new appends are handed to lease() from memory.
+    Records another process inserts between them, and a scan whose lease was cancelled
+    (its rows read but never handed out), still come out once each, in id order."""
+    path = tmp_path / "queue.sqlite3"
+    queue = await DurableQueue.open(path)
+    try:
+        await queue.append(items("a", 5))
+        scan = asyncio.create_task(queue.lease(100))
+        await asyncio.sleep(0)  # the scan is submitted ...
+        scan.cancel()  # ... and its caller gives up: a0-a4 were read, not handed out
+        await queue.refresh()  # every earlier job has settled
+        await queue.append(items("b", 3))
+        got = [r.key for r in await queue.lease(100)]
+        assert got == [f"a{i}" for i in range(5)] + ["b0", "b1", "b2"]
+        await queue.append(items("c", 2))
+        append_elsewhere(path, items("x", 2))
+        await queue.append(items("d", 2))
+        await queue.refresh()
+        got = [r.key for r in await queue.lease(3)] + [r.key for r in await queue.lease(100)]
+        assert got == ["c0", "c1", "x0", "x1", "d0", "d1"]
+        assert await queue.lease(100) == []
     finally:
         await queue.close()
