@@ -37,7 +37,12 @@ class Received:
         self.messages.append((tag, body, headers))
 
     async def open(
-        self, queue: str, port: int = 5672, query: str = "", prefetch: int = 100
+        self,
+        queue: str,
+        port: int = 5672,
+        query: str = "",
+        prefetch: int = 100,
+        declare: dict[str, Any] | None = None,
     ) -> AmqpConsumer:
         endpoint = Endpoint.from_url(f"amqp://guest:guest@127.0.0.1:{port}/{query}")
         return await AmqpConsumer.open(
@@ -47,6 +52,7 @@ class Received:
             name=f"test:{queue}",
             on_delivery=self.deliver,
             on_lost=self.lost.append,
+            declare=declare,
         )
 
 
@@ -205,9 +211,9 @@ async def test_a_deleted_queue_cancels_the_consumer(channel, unique: str) -> Non
 
 
 @pytest.mark.services
-async def test_refusals_are_clear_errors(rabbitmq_port: int, unique: str) -> None:
-    """A wrong password, a missing queue and a missing vhost each fail the open, naming
-    the broker's reason; nothing hangs."""
+async def test_refusals_are_clear_errors(channel, rabbitmq_port: int, unique: str) -> None:
+    """A wrong password, a missing queue, a queue declared with other arguments and a
+    missing vhost each fail the open, naming the broker's reason; nothing hangs."""
     received = Received()
     wrong = Endpoint.from_url(f"amqp://guest:nope@127.0.0.1:{rabbitmq_port}/")
     with pytest.raises(AmqpError, match="ACCESS_REFUSED"):
@@ -221,6 +227,8 @@ async def test_refusals_are_clear_errors(rabbitmq_port: int, unique: str) -> Non
         )
     with pytest.raises(AmqpError, match="NOT_FOUND"):
         await received.open(f"{unique}-absent", port=rabbitmq_port)
+    with pytest.raises(AmqpError, match=r"PRECONDITION_FAILED.*x-queue-type"):
+        await received.open(unique, port=rabbitmq_port, declare={"x-queue-type": "quorum"})
     with pytest.raises(AmqpError, match=r"NOT_ALLOWED.*vhost"):
         await received.open(unique, port=rabbitmq_port, query=f"{unique}-vhost")
     with pytest.raises(AmqpError, match="cannot connect"):

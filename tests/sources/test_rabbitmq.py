@@ -250,13 +250,6 @@ def close_connections_named(name: str) -> int:
     return closed
 
 
-# aiormq 6.9 leaves its StreamWriter unclosed when the server closes the connection
-# (its writer task re-raises the cancellation without closing a writer that is already
-# closing), and Python reports that at garbage collection. Only that report is ignored.
-@pytest.mark.filterwarnings(
-    "ignore:Exception ignored in. <function StreamWriter.__del__"
-    ":pytest.PytestUnraisableExceptionWarning"
-)
 async def test_connection_closed_by_the_broker_is_reopened(
     broker: Broker, intake_factory: IntakeFactory, sources: list, unique: str
 ) -> None:

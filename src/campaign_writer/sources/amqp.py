@@ -8,16 +8,17 @@ Consuming needs a small part of the protocol, and this module does only that par
 reading frames straight out of the receive buffer:
 
 * the handshake: PLAIN login, virtual host, negotiated ``frame_max`` and heartbeat;
-* one channel with ``basic.qos`` (the prefetch), one ``basic.consume`` with manual
-  acks, and ``basic.ack`` (``multiple``) to settle;
+* one channel with ``queue.declare`` (or a passive check), ``basic.qos`` (the
+  prefetch), one ``basic.consume`` with manual acks, and ``basic.ack`` (``multiple``)
+  to settle;
 * heartbeats both ways: a peer silent for two intervals counts as lost;
 * the server's ``connection.close``, ``channel.close`` and ``basic.cancel`` (sent when
   the queue is deleted, because we announce ``consumer_cancel_notify``) end the
   connection with the server's reason in :attr:`AmqpConsumer.lost`.
 
-Queues are declared, or checked, beforehand with aio-pika (see ``rabbitmq.py``); the
-client never publishes. Any frame it does not expect ends the connection with an
-error rather than being guessed at.
+It also declares the queue (durable, with the given arguments) or checks that it
+exists (a passive declare) before consuming. It never publishes. Any frame it does
+not expect ends the connection with an error rather than being guessed at.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ CHANNEL_FLOW: Final = (20, 20)
 CHANNEL_FLOW_OK: Final = (20, 21)
 CHANNEL_CLOSE: Final = (20, 40)
 CHANNEL_CLOSE_OK: Final = (20, 41)
+QUEUE_DECLARE: Final = (50, 10)
+QUEUE_DECLARE_OK: Final = (50, 11)
 BASIC_QOS: Final = (60, 10)
 BASIC_QOS_OK: Final = (60, 11)
 BASIC_CONSUME: Final = (60, 20)
@@ -312,9 +315,11 @@ class AmqpConsumer(asyncio.Protocol):
         name: str,
         on_delivery: OnDelivery,
         on_lost: Callable[[str], None],
+        declare: dict[str, Any] | None = None,
         timeout_s: float = 10.0,
     ) -> AmqpConsumer:
-        """Connect, log in, open the channel, set the prefetch and start consuming."""
+        """Connect, log in, open the channel, check the queue (or, given ``declare``, its
+        arguments, declare it durable), set the prefetch and start consuming."""
         consumer = cls(on_delivery, on_lost)
         loop = asyncio.get_running_loop()
         try:
@@ -326,7 +331,7 @@ class AmqpConsumer(asyncio.Protocol):
                     ssl=endpoint.ssl_context(),
                 )
                 await consumer._handshake(endpoint, name)
-                await consumer._start(queue, prefetch)
+                await consumer._start(queue, prefetch, declare)
         except TimeoutError:
             consumer.abort()
             raise AmqpError(f"no answer from the broker within {timeout_s:g} s") from None
@@ -375,9 +380,18 @@ class AmqpConsumer(asyncio.Protocol):
         if self.heartbeat_s:
             self._schedule_heartbeat()
 
-    async def _start(self, queue: str, prefetch: int) -> None:
+    async def _start(self, queue: str, prefetch: int, declare: dict[str, Any] | None) -> None:
         self._send(CHANNEL, CHANNEL_OPEN, _shortstr(""))
         await self._expect(CHANNEL_OPEN_OK)
+        # reserved, queue, flags (bit 0 passive: only check it exists; bit 1 durable),
+        # arguments. A missing queue, or one declared with other arguments, makes the
+        # broker close the channel with its reason (404, 406).
+        if declare is None:
+            flags, arguments = b"\x01", encode_table({})
+        else:
+            flags, arguments = b"\x02", encode_table(declare)
+        self._send(CHANNEL, QUEUE_DECLARE, _U16.pack(0) + _shortstr(queue) + flags + arguments)
+        await self._expect(QUEUE_DECLARE_OK)
         self._send(CHANNEL, BASIC_QOS, struct.pack(">IH", 0, prefetch) + b"\x00")
         await self._expect(BASIC_QOS_OK)
         # reserved, queue, consumer tag (the server picks), no-local/no-ack/exclusive/

@@ -1,10 +1,9 @@
 """RabbitMQ intake: one queue, manual acks after the local commit.
 
+* The connection is :class:`~.amqp.AmqpConsumer`, a lean consuming client of our own
+  (see that module for why not aio-pika/aiormq, which the tests use to publish).
 * The queue is either declared by us (``declare = true``: durable, ``queue_type``
-  classic or quorum) or must exist already (checked with a passive declare). This
-  set-up runs through aio-pika on a short connection of its own.
-* Deliveries come over :class:`~.amqp.AmqpConsumer`, a lean consuming connection
-  (see that module for why aiormq is not used on this path).
+  classic or quorum) or must exist already (checked with a passive declare).
 * ``prefetch`` (default twice ``batch_size``) caps the unacked messages the broker
   sends us: while the local queue is full we stop acking, so the broker stops
   sending, and memory stays bounded.
@@ -25,11 +24,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import aio_pika
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS
-from pamqp.common import FieldTable
-from yarl import URL
-
 from ..errors import SourceError
 from ..logs import Secret
 from ..metrics import Metrics
@@ -45,7 +39,6 @@ if TYPE_CHECKING:
 __all__ = ["KIND", "RabbitMQSettings", "RabbitMQSource", "create", "parse_options", "read_settings"]
 
 KIND = "rabbitmq"
-_ERRORS = (*CONNECTION_EXCEPTIONS, TimeoutError, AmqpError)
 
 
 @dataclass(frozen=True)
@@ -113,8 +106,8 @@ class RabbitMQSource(BrokerSource):
         settings = self.settings
         self._pending.clear()
         self._lost = None
+        declare = {"x-queue-type": settings.queue_type} if settings.declare else None
         try:
-            await self._set_up_queue()
             self._consumer = await AmqpConsumer.open(
                 Endpoint.from_url(settings.url.reveal()),
                 queue=settings.queue,
@@ -122,28 +115,12 @@ class RabbitMQSource(BrokerSource):
                 name=f"campaign-writer:{self.name}",
                 on_delivery=self._on_delivery,
                 on_lost=self._on_lost,
+                declare=declare,
             )
-        except _ERRORS as exc:
+        except AmqpError as exc:
             raise SourceError(
                 f"RabbitMQ {safe_url(settings.url)} queue {settings.queue!r}: {exc}"
             ) from exc
-
-    async def _set_up_queue(self) -> None:
-        """Declare the queue, or check that it exists, on a short aio-pika connection."""
-        settings = self.settings
-        url = URL(settings.url.reveal())
-        url = url.update_query(name=f"campaign-writer:{self.name}:set-up")
-        connection = await aio_pika.connect(url)
-        try:
-            channel = await connection.channel()
-            if settings.declare:
-                arguments: FieldTable = {"x-queue-type": settings.queue_type}
-                await channel.declare_queue(settings.queue, durable=True, arguments=arguments)
-            else:
-                await channel.declare_queue(settings.queue, passive=True)
-        finally:
-            with contextlib.suppress(*_ERRORS):
-                await asyncio.wait_for(connection.close(), POLL_S * 4)
 
     def _on_lost(self, reason: str) -> None:
         self._lost = reason

@@ -54,7 +54,10 @@ __all__ = [
 ]
 
 KIND = "redis_streams"
-_ERRORS = (RedisError, OSError, TimeoutError)
+# RuntimeError: under uvloop (the daemon's loop) redis-py writing to a connection that
+# has just been closed gets "unable to perform operation on <TCPTransport closed=True>"
+# instead of an OSError; it is the same lost connection and must reconnect, not crash.
+_ERRORS = (RedisError, OSError, TimeoutError, RuntimeError)
 
 
 def _default_consumer() -> str:
