@@ -305,6 +305,14 @@ def test_a_stream_out_of_step_ends_the_connection_with_a_reason() -> None:
     assert received.messages == []
 
 
+def test_a_frame_over_frame_max_is_refused_before_it_is_buffered() -> None:
+    """A length field of 1 GiB ends the connection at once instead of waiting for it."""
+    received = Received()
+    consumer = AmqpConsumer(received.deliver, received.lost.append)
+    consumer.data_received(b"\x03\x00\x01" + (1 << 30).to_bytes(4, "big") + b"x" * 100)
+    assert received.lost and "over frame_max" in received.lost[0]
+
+
 def test_a_body_without_its_delivery_is_a_protocol_error() -> None:
     received = Received()
     consumer = AmqpConsumer(received.deliver, received.lost.append)

@@ -462,6 +462,8 @@ class AmqpConsumer(asyncio.Protocol):
         try:
             while size - at >= 8 and self.lost is None:
                 kind, channel, length = _FRAME_HEAD.unpack_from(buffer, at)
+                if length > self.frame_max:
+                    raise AmqpError(f"a frame of {length} bytes, over frame_max {self.frame_max}")
                 end = at + 7 + length
                 if end >= size:
                     break
