@@ -366,6 +366,7 @@ def test_endpoints_are_read_from_urls(url: str, expected: tuple[Any, ...]) -> No
 def test_endpoint_details_and_bad_urls() -> None:
     endpoint = Endpoint.from_url("amqp://u:p%40ss@host/?heartbeat=5&name=n")
     assert (endpoint.password, endpoint.heartbeat_s, endpoint.name) == ("p@ss", 5, "n")
+    assert "p@ss" not in repr(endpoint) and "p@ss" not in str(endpoint)
     with pytest.raises(AmqpError, match="scheme"):
         Endpoint.from_url("http://host/")
     with pytest.raises(AmqpError, match="heartbeat"):

@@ -29,7 +29,7 @@ import ssl
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -102,7 +102,7 @@ class Endpoint:
     host: str
     port: int
     login: str
-    password: str
+    password: str = field(repr=False)  # never in a log line or an error
     vhost: str
     tls: bool
     heartbeat_s: int
