@@ -320,6 +320,13 @@ def test_settings_reject_bad_keys_with_their_path() -> None:
         read_settings({}, "sources[0]")
     settings = read_settings({"queue": "q", "batch_size": 300}, "sources[0]")
     assert settings.prefetch == 600 and settings.queue_type == "classic" and not settings.declare
+    with pytest.raises(ConfigError) as caught:
+        read_settings({"queue": "q", "url": "http://u:s3cret@host/"}, "sources[1]")
+    assert any(p.startswith("sources[1].url: not an AMQP URL") for p in caught.value.problems)
+    with pytest.raises(ConfigError) as caught:
+        read_settings({"queue": "q", "url": "amqp://u:s3cret@host/?heartbeat=x"}, "sources[1]")
+    assert any(p.startswith("sources[1].url: bad AMQP URL") for p in caught.value.problems)
+    assert "s3cret" not in str(caught.value)
 
 
 async def test_ndjson_messages_carry_many_events_and_poison_lines_alone(

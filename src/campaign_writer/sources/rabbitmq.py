@@ -65,6 +65,10 @@ def parse_options(options: Mapping[str, Any], path: str, problems: list[str]) ->
     )
     if settings.prefetch < common.batch_size:
         section.problem("prefetch", f"must be at least batch_size ({common.batch_size})")
+    try:
+        Endpoint.from_url(settings.url.reveal())
+    except AmqpError as exc:  # its text names the fault, never the password
+        section.problem("url", str(exc))
     section.finish()
     return settings
 
