@@ -77,6 +77,21 @@ def make_source(
     return NatsSource(name, settings, intake.router, intake.queue, intake.metrics)
 
 
+async def start_paused(
+    stream: Stream, intake_factory: IntakeFactory, sources: list, count: int, **keys: object
+) -> tuple[list[tuple[str, bytes]], Intake]:
+    """``count`` events published, then a source (batches of 100) on a 64 KiB local queue,
+    started and waited for until the full queue pauses it."""
+    events = sample_events(stream.name, count)
+    await stream.publish([body for _, body in events])
+    intake = await intake_factory(max_bytes=64 * 1024)
+    source = make_source("nats", stream, intake, batch_size=100, **keys)
+    sources.append(source)
+    await source.start()
+    await eventually(lambda: intake.sample("source_paused", "nats") == 1, what="the pause")
+    return events, intake
+
+
 async def test_every_event_is_committed_then_acked(
     stream: Stream, intake_factory: IntakeFactory, sources: list
 ) -> None:
@@ -153,13 +168,9 @@ async def test_a_consumer_deleted_between_pull_requests_is_noticed(
 ) -> None:
     """Deleted while the source was paused on a full queue, so no pull request was open to
     get JetStream's 409: the first unanswered request after the pause finds it gone."""
-    events = sample_events(stream.name, 600)
-    await stream.publish([body for _, body in events])
-    intake = await intake_factory(max_bytes=64 * 1024)
-    source = make_source("nats", stream, intake, batch_size=100, reconnect_initial_s=0.05)
-    sources.append(source)
-    await source.start()
-    await eventually(lambda: intake.sample("source_paused", "nats") == 1, what="the pause")
+    events, intake = await start_paused(
+        stream, intake_factory, sources, 600, reconnect_initial_s=0.05
+    )
     await stream.js.delete_consumer(stream.name, "writers")
     with caplog.at_level(logging.WARNING, logger="campaign_writer.sources"):
         keys = await collect([intake], [key for key, _ in events])
@@ -230,13 +241,8 @@ async def test_full_queue_naks_with_a_delay_and_resumes(
     stream: Stream, intake_factory: IntakeFactory, sources: list
 ) -> None:
     """A full local queue: the batch is nak-ed with a delay, redelivered once there is room."""
-    events = sample_events(stream.name, 2_000)
-    await stream.publish([body for _, body in events])
-    intake = await intake_factory(max_bytes=64 * 1024)
-    source = make_source("nats", stream, intake, batch_size=100, nak_delay_s=0.2)
-    sources.append(source)
-    await source.start()
-    await eventually(lambda: intake.sample("source_paused", "nats") == 1, what="the pause")
+    events, intake = await start_paused(stream, intake_factory, sources, 2_000, nak_delay_s=0.2)
+    source = sources[-1]
     not_delivered, unacked = await stream.consumer_state("writers")
     # Bounded by a few batches, not by the 2,000 backlog: the held batch, the one
     # received beside it and what open pull requests brought, all nak-ed and waiting

@@ -186,7 +186,7 @@ def _close_arguments(code: int, text: str) -> bytes:
 
 # --- decoding ---------------------------------------------------------------------------
 
-# Fixed-size field values: type letter -> (struct, size). RabbitMQ's letters, which
+# Fixed-size field values: type letter -> its struct. RabbitMQ's letters, which
 # differ from the 0-9-1 specification's for the signed 16- and 64-bit integers.
 _FIXED: Final[dict[int, struct.Struct]] = {
     ord("b"): struct.Struct(">b"),
