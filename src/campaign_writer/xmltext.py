@@ -50,8 +50,16 @@ _NCNAME = re.compile(f"[{_NAME_START}][{_NAME_CHAR}]*")
 _QNAME = re.compile(f"[{_NAME_START}][{_NAME_CHAR}]*:[{_NAME_START}][{_NAME_CHAR}]*")
 
 
+# A fast sufficient test first: every character XML forbids (C0 controls, surrogates,
+# U+FFFE, U+FFFF) is one str.isprintable() refuses, and that C loop costs a third of
+# the regex scan. Tab, LF, CR and many allowed characters are not "printable" either;
+# those values take the regex, which decides exactly.
+
+
 def clean_text(value: str, field: str, policy: XmlTextPolicy = "reject") -> str:
     """Return ``value`` if XML can carry it, else strip or refuse per ``policy``."""
+    if value.isprintable():
+        return value
     bad = _FORBIDDEN.search(value)
     if bad is None:
         return value
@@ -65,7 +73,13 @@ def clean_text(value: str, field: str, policy: XmlTextPolicy = "reject") -> str:
 
 def quote_attribute(value: str, field: str) -> str:
     """Escape ``value`` for a double-quoted attribute; refuse characters XML forbids."""
-    if _NEEDS_WORK.search(value) is None:
+    if (
+        value.isprintable()
+        and '"' not in value
+        and "&" not in value
+        and "<" not in value
+        and ">" not in value
+    ) or _NEEDS_WORK.search(value) is None:
         return value
     clean_text(value, field, "reject")
     # Seven C-level scans beat one regex substitution calling back into Python per match.
