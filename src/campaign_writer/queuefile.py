@@ -328,6 +328,11 @@ class Worker:
     by_code: dict[str, int] = field(default_factory=dict)
     data_version: int = 0
     commits: int = 0  # write transactions committed: appends per commit shows the grouping
+    # The totals row and the oldest record's intake time as of our last commit. They
+    # stay exact while no other process commits (data_version unchanged), so a round
+    # of appends reads neither back; None means "read it from the file".
+    totals: list[int] | None = None
+    oldest: tuple[float | None] | None = None
 
     # --- opening and closing ----------------------------------------------------------
 
@@ -341,6 +346,8 @@ class Worker:
             opened = snapshot(conn)
             self.by_code = dict(opened.by_code)
             self.data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+            self.totals = list(opened[:4])
+            self.oldest = (opened.oldest_created_at,)
         except sqlite3.Error as exc:
             conn.close()
             self.conn = None
@@ -393,10 +400,9 @@ class Worker:
             snap: Snapshot | None = None
             external = False
             try:
-                external = self._notice_others(idle=False)
                 writes = [job for job in batch if job.kind in _WRITES]
-                if writes:
-                    self._write(writes)
+                # A write transaction looks for commits by others itself, under its lock.
+                external = self._write(writes) if writes else self._notice_others(idle=False)
                 for job in batch:
                     if job.kind == "lease":
                         self._guarded(job, self._lease)
@@ -419,12 +425,20 @@ class Worker:
             job.error = translate_error(exc, self.path)
 
     def _refresh(self) -> Snapshot | None:
+        """The queue's figures after a round: from memory when they are known exactly."""
         assert self.conn is not None
-        try:
-            return snapshot(self.conn, self.by_code)
-        except sqlite3.Error as exc:
-            log.warning("could not read queue totals", extra={"error": str(exc)})
-            return None
+        totals, oldest = self.totals, self.oldest
+        if totals is None or oldest is None:
+            try:
+                snap = snapshot(self.conn, self.by_code)
+            except sqlite3.Error as exc:
+                self.totals = self.oldest = None
+                log.warning("could not read queue totals", extra={"error": str(exc)})
+                return None
+            self.totals = list(snap[:4])
+            self.oldest = (snap.oldest_created_at,)
+            return snap
+        return Snapshot(totals[0], totals[1], totals[2], totals[3], oldest[0], dict(self.by_code))
 
     def _notice_others(self, *, idle: bool) -> bool:
         """True when another process committed (a CLI replay or purge) since last look."""
@@ -435,34 +449,39 @@ class Worker:
             if version == self.data_version:
                 return False
             self.data_version = version
+            self.totals = self.oldest = None  # another process changed them
             self.by_code = dict(
                 self.conn.execute("SELECT code, count(*) FROM dead_letters GROUP BY code")
             )
             if idle:
                 self.publish([], snapshot(self.conn, self.by_code), True)
         except sqlite3.Error as exc:
+            self.totals = self.oldest = None  # read them back rather than trust them
             log.warning("could not look for changes by others", extra={"error": str(exc)})
             return False
         return True
 
     # --- writes: one transaction for many jobs ----------------------------------------
 
-    def _write(self, jobs: list[Job]) -> None:
+    def _write(self, jobs: list[Job]) -> bool:
+        """Run the jobs in one transaction; True if another process had committed since
+        our last look (found inside the transaction, under the write lock)."""
         try:
-            self._transaction(jobs)
-            return
+            return self._transaction(jobs)
         except sqlite3.Error as exc:
             self._rollback()
             if len(jobs) == 1:
                 jobs[0].error = translate_error(exc, self.path)
-                return
+                return self._notice_others(idle=False)
         # One job's failure must not fail the others: retry each in its own transaction.
+        external = False
         for job in jobs:
             try:
-                self._transaction([job])
+                external = self._transaction([job]) or external
             except sqlite3.Error as exc:
                 self._rollback()
                 job.error = translate_error(exc, self.path)
+        return self._notice_others(idle=False) or external
 
     def _rollback(self) -> None:
         assert self.conn is not None
@@ -470,14 +489,23 @@ class Worker:
             with contextlib.suppress(sqlite3.Error):
                 self.conn.execute("ROLLBACK")
 
-    def _transaction(self, jobs: list[Job]) -> None:
+    def _transaction(self, jobs: list[Job]) -> bool:
+        """One write transaction for ``jobs``; True if it found another process's commit."""
         conn = self.conn
         assert conn is not None
         conn.execute("BEGIN IMMEDIATE")
-        totals = list(conn.execute(SQL_TOTALS).fetchone())
+        # Under the write lock nobody else can commit, so a data_version equal to the
+        # one of our last look means the totals we keep are the file's (a change makes
+        # _notice_others forget them).
+        external = self._notice_others(idle=False)
+        known, self.totals = self.totals, None  # unknown again until this commits
+        totals = list(known) if known is not None else list(conn.execute(SQL_TOTALS).fetchone())
+        oldest_moves = totals[0] == 0 or self.oldest is None
         codes: dict[str, int] = {}
         for job in jobs:
             job.result, job.error = None, None
+            if job.kind != "append":
+                oldest_moves = True  # removes or reorders records
             handler = getattr(self, f"_{job.kind}")
             try:
                 job.result = handler(conn, totals, codes, *job.args)
@@ -486,8 +514,12 @@ class Worker:
         conn.execute(SQL_SET_TOTALS, totals)
         conn.execute("COMMIT")
         self.commits += 1
+        self.totals = totals
+        if oldest_moves:
+            self.oldest = None
         for code, count in codes.items():
             self.by_code[code] = self.by_code.get(code, 0) + count
+        return external
 
     def _room(self, totals: list[int], size: int) -> None:
         used = totals[1] + totals[3]

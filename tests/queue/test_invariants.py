@@ -19,7 +19,7 @@ from hypothesis.stateful import (
 )
 
 from campaign_writer.deadletter import DeadLetterStore
-from campaign_writer.queue import DurableQueue
+from campaign_writer.queue import DurableQueue, read_stats
 from tests.queue.support import WallClock, append_elsewhere, items
 
 T = TypeVar("T")
@@ -52,7 +52,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(count=st.integers(1, 30))
     def append(self, count: int) -> None:
-        new = items(f"k{self.appended}-", count)
+        new = items(f"k{self.appended}-", count, created_at=1000.0 + self.appended)
         self.appended += count
         self.run(self.queue.append(new))
         self.ready.update(str(i.key) for i in new)
@@ -61,7 +61,7 @@ class QueueMachine(RuleBasedStateMachine):
     def append_from_another_process(self, count: int) -> None:
         """Rows another process commits between ours; refresh() makes the queue look now
         (the queue thread's idle poll would, within a quarter of a second)."""
-        new = items(f"k{self.appended}-", count)
+        new = items(f"k{self.appended}-", count, created_at=1000.0 + self.appended)
         self.appended += count
         append_elsewhere(self.path, new)
         self.run(self.queue.refresh())
@@ -130,6 +130,24 @@ class QueueMachine(RuleBasedStateMachine):
         assert stats.depth == len(self.ready) + len(self.waiting) + len(self.leased)
         assert stats.dead_letters == len(self.dead)
         assert stats.leased == len(self.leased)
+        # The figures the queue keeps in memory (read back only when another process
+        # writes) are the file's own.
+        on_file = read_stats(self.path)
+        assert (
+            stats.depth,
+            stats.bytes,
+            stats.dead_letters,
+            stats.dead_letter_bytes,
+            dict(stats.dead_letters_by_reason),
+            stats.oldest_created_at,
+        ) == (
+            on_file.depth,
+            on_file.bytes,
+            on_file.dead_letters,
+            on_file.dead_letter_bytes,
+            dict(on_file.dead_letters_by_reason),
+            on_file.oldest_created_at,
+        )
 
     def teardown(self) -> None:
         try:
