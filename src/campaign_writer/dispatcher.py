@@ -33,7 +33,6 @@ use the whole budget, so the cap tracks ``1.5 x rate x latency + 2``, bounded by
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import random
 import time
@@ -50,6 +49,7 @@ from .metrics import Metrics
 from .outcome import AuthExpired, Fatal, Ok, Reject, Retry, Throttled
 from .sender import CampaignClient
 from .soap import Param
+from .wakeup import Wakeup
 
 __all__ = ["Dispatcher", "InFlightLimit", "RetryPolicy"]
 
@@ -162,7 +162,7 @@ class Dispatcher:
         self._clock = clock
         self._wall = wall
         self.in_flight = InFlightLimit(max_in_flight, metrics.in_flight_limit.set)
-        self._wake = asyncio.Event()
+        self._wake = Wakeup()
         self._room = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._sending: dict[asyncio.Task[None], Batch] = {}
@@ -239,16 +239,21 @@ class Dispatcher:
                 await self.queue.wait_for_records(1.0)
                 continue
             now = self._clock()
-            add = self.batcher.add
-            for item in leased:
-                lane_id = lane_ids.get(item.lane)
-                if lane_id is None:
-                    lane_id = lane_ids[item.lane] = lane_id_of(item.lane)
-                record = item.record
-                add(
-                    lane_id,
-                    Entry(item.key, record.decode(), [item.id], item.created_at, now, len(record)),
+            # Grouped by lane in one pass (order kept within each lane, which is all
+            # per-key order needs), then handed to the batcher a lane at a time.
+            by_lane: dict[str, list[Entry]] = {}
+            for record_id, lane, key, record, _, created_at in leased:
+                entries = by_lane.get(lane)
+                if entries is None:
+                    entries = by_lane[lane] = []
+                entries.append(
+                    Entry(key, record.decode(), [record_id], created_at, now, len(record))
                 )
+            for lane, entries in by_lane.items():
+                lane_id = lane_ids.get(lane)
+                if lane_id is None:
+                    lane_id = lane_ids[lane] = lane_id_of(lane)
+                self.batcher.add_many(lane_id, entries)
             for lane_id, lane in self.batcher.lanes.items():
                 new = lane.merges - merges_seen.get(lane_id, 0)
                 if new:
@@ -276,8 +281,7 @@ class Dispatcher:
 
     async def _sleep_or_wake(self, timeout: float | None) -> None:
         self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+        await self._wake.wait(timeout)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._sending.pop(task, None)

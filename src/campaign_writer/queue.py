@@ -57,6 +57,7 @@ from .queuefile import (
     snapshot,
     translate_error,
 )
+from .wakeup import Wakeup
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -227,7 +228,7 @@ class DurableQueue:
         # then hands them over without reading them back (see _take_tail).
         self._tail: deque[tuple[Leased, int]] = deque()
         self._tail_exact = False
-        self._new_records = asyncio.Event()
+        self._new_records = Wakeup()
         self._space = asyncio.Event()
         self._lease_lock = asyncio.Lock()
         self._closed = True
@@ -372,12 +373,18 @@ class DurableQueue:
         if len(self._tail) + len(ids) > _TAIL_MAX:
             self._forget_tail()  # a backlog builds up: leases read it from the file
             return
-        tail = self._tail
-        for record_id, item in zip(ids, items, strict=True):
-            size = len(item.record) + len(item.event) + ROW_OVERHEAD
-            tail.append(
-                (Leased(record_id, item.lane, item.key, item.record, 0, item.created_at), size)
-            )
+        new = tuple.__new__  # Leased without its Python-level __new__ frame, per record
+        self._tail.extend(
+            [
+                (
+                    new(Leased, (record_id, lane, key, record, 0, created_at)),
+                    len(record) + len(event) + ROW_OVERHEAD,
+                )
+                for record_id, (lane, key, record, event, _, created_at) in zip(
+                    ids, items, strict=True
+                )
+            ]
+        )
 
     def _forget_tail(self) -> None:
         self._tail.clear()
@@ -512,8 +519,7 @@ class DurableQueue:
                 wait = min(wait, max(0.0, self._due[0][0] - self._clock()) + 0.001)
             if wait <= 0 or self._closed:
                 return self._ready_now()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._new_records.wait(), wait)
+            await self._new_records.wait(wait)
         return True
 
     def _ready_now(self) -> bool:
