@@ -266,10 +266,19 @@ class Batcher:
         self.lane(lane_id).add(entry)
         self.pending += len(entry.ids)
 
-    def add_many(self, lane_id: LaneId, entries: list[Entry]) -> None:
-        """Add entries of one lane, in order: the same as :meth:`add` for each."""
-        self.lane(lane_id).add_many(entries)
+    def add_many(self, lane_id: LaneId, entries: list[Entry]) -> bool:
+        """Add entries of one lane, in order: the same as :meth:`add` for each.
+
+        True when the lane became due sooner than before (it was empty or blocked, or
+        is now full): only then does a dispatcher sleeping until the next due time
+        need waking.
+        """
+        lane = self.lane(lane_id)
+        before = lane.ready_at(self.linger_s, self.max_records, self.max_bytes)
+        lane.add_many(entries)
         self.pending += sum([len(entry.ids) for entry in entries])
+        after = lane.ready_at(self.linger_s, self.max_records, self.max_bytes)
+        return after is not None and (before is None or after < before)
 
     def next_batch(self, now: float) -> tuple[Batch | None, float | None]:
         """The batch to send now, or None and the time the next lane becomes due."""

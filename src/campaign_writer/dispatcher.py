@@ -249,17 +249,20 @@ class Dispatcher:
                 entries.append(
                     Entry(key, record.decode(), [record_id], created_at, now, len(record))
                 )
+            sooner = False
             for lane, entries in by_lane.items():
                 lane_id = lane_ids.get(lane)
                 if lane_id is None:
                     lane_id = lane_ids[lane] = lane_id_of(lane)
-                self.batcher.add_many(lane_id, entries)
+                sooner = self.batcher.add_many(lane_id, entries) or sooner
             for lane_id, lane in self.batcher.lanes.items():
                 new = lane.merges - merges_seen.get(lane_id, 0)
                 if new:
                     merges_seen[lane_id] = lane.merges
                     self.metrics.records_coalesced.labels(*lane_id).inc(new)
-            self._wake.set()
+            if sooner:
+                # Otherwise the dispatcher's timer already covers every lane's due time.
+                self._wake.set()
 
     # --- dispatching -----------------------------------------------------------------
 

@@ -247,3 +247,22 @@ def test_final_state_matches_arrival_order_whatever_fails(ops: list, rng: random
     assert campaign == reference
     assert sorted(settled) == list(range(next_id))
     assert b.pending == 0
+
+
+def test_add_many_says_when_a_lane_became_due_sooner() -> None:
+    """The feeder wakes the dispatcher only on True: a first entry (a linger starts), a
+    lane that fills up, or a new key in a lane whose pending keys were all held."""
+    b = batcher(max_records=3, linger_s=0.2)
+    assert b.add_many(LANE, [entry(1, "a", now=10.0)]) is True  # empty -> due at 10.2
+    assert b.add_many(LANE, [entry(2, "b", now=10.1)]) is False  # still due at 10.2
+    assert b.add_many(LANE, [entry(3, "a", now=10.1)]) is False  # merged into "a"
+    assert b.add_many(LANE, [entry(4, "c", now=10.1)]) is True  # full: due now
+    assert b.add_many(OTHER, []) is False
+    batch = take(b)
+    assert [e.key for e in batch.entries] == ["a", "b", "c"]
+    assert b.add_many(LANE, [entry(5, "a", now=11.0)]) is True  # lane was empty again
+    assert b.next_batch(11.5) == (None, None)  # "a" is held by the batch in flight
+    assert b.lanes[LANE].blocked
+    assert b.add_many(LANE, [entry(6, "a", now=11.5)]) is False  # merges; still held
+    assert b.add_many(LANE, [entry(7, "d", now=11.5)]) is True  # a sendable key
+    assert b.pending == 7

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import signal
 import sys
 from collections.abc import Coroutine
@@ -97,6 +98,11 @@ async def _run(args: argparse.Namespace) -> int:
         except CampaignWriterError as exc:
             print(f"campaign-writer: cannot start: {exc}", file=sys.stderr)
             return 1
+        # What the start made (sessions, listeners, metrics, compiled routes) lives as long
+        # as the daemon: out of the collector's sight, it is not walked by every full
+        # collection. Worth about 10% of the writer's CPU under steady load (bench steady).
+        gc.collect()
+        gc.freeze()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, daemon.stop)
