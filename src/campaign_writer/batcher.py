@@ -275,8 +275,9 @@ class Batcher:
         """
         lane = self.lane(lane_id)
         before = lane.ready_at(self.linger_s, self.max_records, self.max_bytes)
-        lane.add_many(entries)
+        # Counted first: merging extends an earlier entry's ids, which may be in this list.
         self.pending += sum([len(entry.ids) for entry in entries])
+        lane.add_many(entries)
         after = lane.ready_at(self.linger_s, self.max_records, self.max_bytes)
         return after is not None and (before is None or after < before)
 

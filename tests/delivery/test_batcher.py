@@ -266,3 +266,15 @@ def test_add_many_says_when_a_lane_became_due_sooner() -> None:
     assert b.add_many(LANE, [entry(6, "a", now=11.5)]) is False  # merges; still held
     assert b.add_many(LANE, [entry(7, "d", now=11.5)]) is True  # a sendable key
     assert b.pending == 7
+
+
+def test_pending_counts_records_when_entries_of_one_call_merge() -> None:
+    """Two records of one key in one add_many merge into one entry; pending counts two
+    records, and zero once their batch is finished."""
+    b = batcher()
+    b.add_many(LANE, [entry(1, "k", testcol1="a"), entry(2, "k", testcol1="b"), entry(3, "j")])
+    assert b.pending == 3
+    batch = take(b)
+    assert sorted(i for e in batch.entries for i in e.ids) == [1, 2, 3]
+    b.finished(batch, batch.entries)
+    assert b.pending == 0
