@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -256,3 +258,259 @@ async def test_500_when_the_queue_fails_and_nothing_is_acknowledged(
     status, answer, _ = await intake.post(sample("lost"))
     assert status == 500
     assert "nothing was kept" in answer["error"]
+
+
+# --- HTTP/1.1 on the wire: raw sockets, so nothing a client library smooths over -------
+
+
+class Wire:
+    """A raw TCP connection to the intake that reads whole HTTP answers."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def open(cls, intake: Intake) -> Wire:
+        reader, writer = await asyncio.open_connection("127.0.0.1", intake.intake.port)
+        return cls(reader, writer)
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def answer(self) -> tuple[int, dict[str, str], bytes]:
+        """One answer: status, headers (names lowercased) and body (Content-Length)."""
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 10)
+        status_line, *lines = head.decode("latin-1").split("\r\n")[:-2]
+        headers = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        body = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        return int(status_line.split()[1]), headers, body
+
+    async def closed_by_server(self) -> bool:
+        """True when the server ends the connection (EOF) with nothing more to read."""
+        try:
+            return await asyncio.wait_for(self.reader.read(), 10) == b""
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def post_bytes(body: bytes, *extra: str, version: str = "1.1", path: str = "/v1/events") -> bytes:
+    head = [f"POST {path} HTTP/{version}", "Host: x", "Content-Type: application/x-ndjson"]
+    head += [*extra, f"Content-Length: {len(body)}"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def event_line(key: str) -> bytes:
+    return orjson.dumps(sample(key)) + b"\n"
+
+
+async def test_keep_alive_and_pipelined_requests_are_answered_in_order(
+    start_intake: IntakeFactory,
+) -> None:
+    """Several requests on one connection, some sent in one write before any answer:
+    each is answered, in the order sent, and the connection stays open."""
+    intake = await start_intake()
+    wire = await Wire.open(intake)
+    await wire.send(post_bytes(event_line("k0")))
+    status, headers, body = await wire.answer()
+    assert (status, orjson.loads(body)) == (202, {"accepted": 1, "rejected": []})
+    assert "connection" not in headers and headers["content-type"] == "application/json"
+    assert "date" in headers
+    pipelined = [
+        post_bytes(event_line("k1") + event_line("k2")),
+        post_bytes(b"{broken\n"),
+        post_bytes(event_line("k3"), path="/elsewhere"),
+        post_bytes(event_line("k4")),
+    ]
+    await wire.send(b"".join(pipelined))
+    answers = [await wire.answer() for _ in pipelined]
+    assert [a[0] for a in answers] == [202, 400, 404, 202]
+    assert orjson.loads(answers[0][2])["accepted"] == 2
+    assert orjson.loads(answers[3][2])["accepted"] == 1
+    assert intake.stored_keys() == ["k0", "k1", "k2", "k4"]
+    wire.close()
+
+
+async def test_chunked_bodies_and_expect_100_continue(start_intake: IntakeFactory) -> None:
+    """A chunked body is reassembled; Expect: 100-continue gets its go-ahead before the
+    body, and a declared body over the limit is refused without being sent."""
+    intake = await start_intake("http.max_body_bytes=4096")
+    wire = await Wire.open(intake)
+    body = event_line("c1") + event_line("c2")
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:10], body[10:]))
+    await wire.send(
+        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+    )
+    status, _, answer = await wire.answer()
+    assert (status, orjson.loads(answer)["accepted"]) == (202, 2)
+
+    request = post_bytes(event_line("e1"), "Expect: 100-continue")
+    head, _, payload = request.partition(b"\r\n\r\n")
+    await wire.send(head + b"\r\n\r\n")
+    assert await asyncio.wait_for(wire.reader.readuntil(b"\r\n\r\n"), 10) == (
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+    )
+    await wire.send(payload)
+    assert (await wire.answer())[0] == 202
+
+    await wire.send(
+        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        b"Content-Length: 999999\r\n\r\n"
+    )
+    status, headers, answer = await wire.answer()
+    assert status == 413 and headers["connection"] == "close"
+    assert "4096 bytes" in orjson.loads(answer)["error"]
+    assert await wire.closed_by_server()
+    assert intake.stored_keys() == ["c1", "c2", "e1"]
+
+
+async def test_http_1_0_and_a_half_closed_client_get_their_answer_then_close(
+    start_intake: IntakeFactory,
+) -> None:
+    intake = await start_intake()
+    wire = await Wire.open(intake)
+    await wire.send(post_bytes(event_line("old"), version="1.0"))
+    status, headers, _ = await wire.answer()
+    assert (status, headers["connection"]) == (202, "close")
+    assert await wire.closed_by_server()
+
+    wire = await Wire.open(intake)
+    await wire.send(post_bytes(event_line("half")))
+    wire.writer.write_eof()  # the client is done sending, and waits for the answer
+    status, headers, _ = await wire.answer()
+    assert (status, headers["connection"]) == (202, "close")
+    assert await wire.closed_by_server()
+    assert intake.stored_keys() == ["old", "half"]
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "fragment"),
+    [
+        (b"GARBAGE\r\n\r\n", 400, "not a valid HTTP/1.1 request"),
+        (
+            b"POST /v1/events HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+            "not a valid HTTP/1.1 request",
+        ),
+        (
+            b"POST /v1/events HTTP/1.1\r\n" + b"X-Pad: " + b"p" * 70_000 + b"\r\n\r\n",
+            431,
+            "headers",
+        ),
+        (
+            b"POST /v1/events HTTP/1.1\r\n" + b"X-A: 1\r\n" * 101 + b"\r\n",
+            431,
+            "headers",
+        ),
+    ],
+)
+async def test_broken_or_oversized_requests_get_an_answer_and_the_connection_ends(
+    start_intake: IntakeFactory, request_bytes: bytes, status: int, fragment: str
+) -> None:
+    intake = await start_intake()
+    wire = await Wire.open(intake)
+    await wire.send(request_bytes)
+    got, headers, body = await wire.answer()
+    assert (got, headers["connection"]) == (status, "close")
+    assert fragment in orjson.loads(body)["error"]
+    assert await wire.closed_by_server()
+
+
+async def test_wrong_method_is_405_and_the_connection_stays_usable(
+    start_intake: IntakeFactory,
+) -> None:
+    intake = await start_intake()
+    wire = await Wire.open(intake)
+    await wire.send(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, _ = await wire.answer()
+    assert (status, headers["allow"]) == (405, "POST")
+    await wire.send(post_bytes(event_line("after")))
+    assert (await wire.answer())[0] == 202
+    wire.close()
+
+
+async def test_idle_and_stalled_connections_are_closed(
+    start_intake: IntakeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle keep-alive connection is closed; a request that stops arriving gets 408."""
+    monkeypatch.setattr(http_module, "IDLE_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(http_module, "READ_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(http_module, "_SWEEP_S", 0.05)
+    intake = await start_intake()
+    idle = await Wire.open(intake)
+    await idle.send(post_bytes(event_line("i")))
+    assert (await idle.answer())[0] == 202
+    assert await idle.closed_by_server()
+
+    stalled = await Wire.open(intake)
+    await stalled.send(post_bytes(event_line("never-finished"))[:-5])
+    status, headers, _ = await stalled.answer()
+    assert (status, headers["connection"]) == (408, "close")
+    assert await stalled.closed_by_server()
+    assert intake.stored_keys() == ["i"]
+
+
+async def test_close_lets_a_request_under_way_finish(start_intake: IntakeFactory) -> None:
+    """close() stops the listener but a request whose events are being committed still
+    gets its 202; idle connections are closed."""
+    intake = await start_intake()
+    idle = await Wire.open(intake)
+    busy = await Wire.open(intake)
+    await asyncio.sleep(0.05)  # both accepted
+    request = post_bytes(event_line("in-flight"))
+    await busy.send(request[:-3])
+    closing = asyncio.create_task(intake.intake.close())
+    await asyncio.sleep(0.1)
+    assert not closing.done()  # waiting for the request under way
+    await busy.send(request[-3:])
+    assert (await busy.answer())[0] == 202
+    await asyncio.wait_for(closing, 10)
+    assert await idle.closed_by_server()
+    assert intake.stored_keys() == ["in-flight"]
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", intake.intake.port)
+    busy.close()
+
+
+async def test_gzip_and_deflate_bodies_are_inflated_within_the_limit(
+    start_intake: IntakeFactory,
+) -> None:
+    """Compressed bodies are accepted; the size limit holds once inflated (a small
+    bomb is refused with 413); an unknown encoding gets 415 and nothing is stored."""
+    intake = await start_intake("http.max_body_bytes=4096")
+    lines = event_line("g1") + event_line("g2")
+    gz = zlib.compressobj(wbits=31)
+    status, answer, _ = await intake.post(
+        gz.compress(lines) + gz.flush(), {**NDJSON, "Content-Encoding": "gzip"}
+    )
+    assert (status, answer["accepted"]) == (202, 2)
+    status, answer, _ = await intake.post(
+        zlib.compress(event_line("d1")), {**NDJSON, "Content-Encoding": "deflate"}
+    )
+    assert (status, answer["accepted"]) == (202, 1)
+    bomb = zlib.compress(b"\n" * 100_000)
+    assert len(bomb) < 4096
+    status, answer, _ = await intake.post(bomb, {**NDJSON, "Content-Encoding": "deflate"})
+    assert (status, "once decompressed" in answer["error"]) == (413, True)
+    status, answer, _ = await intake.post(b"\x1f\x8bnot gzip", {"Content-Encoding": "gzip"})
+    assert status == 400 and "decompressed" in answer["rejected"][0]["error"]
+    status, answer, _ = await intake.post(lines, {**NDJSON, "Content-Encoding": "br"})
+    assert status == 415 and "'br'" in answer["error"]
+    assert intake.stored_keys() == ["g1", "g2", "d1"]
+
+
+async def test_head_is_refused_and_ends_the_connection(start_intake: IntakeFactory) -> None:
+    intake = await start_intake()
+    wire = await Wire.open(intake)
+    await wire.send(b"HEAD /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, _ = await wire.answer()
+    assert (status, headers["connection"]) == (405, "close")
+    assert await wire.closed_by_server()
