@@ -115,6 +115,8 @@ _INSERT_RECORDS: Final = (
     "INSERT INTO records (lane, key, record, event, source, created_at) VALUES (?, ?, ?, ?, ?, ?)"
 )
 _MAX_ROWS_PER_INSERT: Final = 512  # 3,072 parameters, well under SQLite's 32,766
+_EXACT_ROWS: Final = 64  # up to this many rows, one statement of exactly that many
+_CACHED_STATEMENTS: Final = 256  # sqlite3's default of 128 would churn with the above
 _inserts: dict[int, str] = {}
 SQL_INSERT_RAW: Final = (
     "INSERT INTO dead_letters (source, event, headers, reason, code, created_at, dead_at, size) "
@@ -203,7 +205,11 @@ def open_connection(path: Path, *, synchronous: str = "FULL", create: bool) -> s
     conn: sqlite3.Connection | None = None
     try:
         conn = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            path,
+            timeout=BUSY_TIMEOUT_S,
+            isolation_level=None,
+            check_same_thread=False,
+            cached_statements=_CACHED_STATEMENTS,
         )
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {'NORMAL' if synchronous == 'NORMAL' else 'FULL'}")
@@ -244,18 +250,24 @@ def _ensure_schema(conn: sqlite3.Connection, path: Path, create: bool) -> None:
 
 
 def insert_records(conn: sqlite3.Connection, items: Sequence[QueueItem]) -> list[int]:
-    """Insert queue items with multi-row INSERTs, in power-of-two chunks; their new ids.
+    """Insert queue items with multi-row INSERTs; their new ids.
 
     executemany steps SQLite once per row and hands the GIL back and forth each time,
     which stalls this thread whenever the event loop is busy routing; one statement
-    per chunk releases the GIL once. Power-of-two sizes keep the distinct statements
-    (cached by sqlite3) to ten. The rows of one statement take consecutive ids (the
-    write lock is ours and ids only grow), so the last one gives them all.
+    per chunk releases the GIL once. Up to ``_EXACT_ROWS`` items (a typical post) go
+    in one statement of exactly that many rows; larger appends go in power-of-two
+    chunks. That bounds the distinct statements (cached by sqlite3) to about 70. The
+    rows of one statement take consecutive ids (the write lock is ours and ids only
+    grow), so the last one gives them all.
     """
     ids: list[int] = []
     start = 0
     while start < len(items):
-        rows = 1 << (min(len(items) - start, _MAX_ROWS_PER_INSERT).bit_length() - 1)
+        left = len(items) - start
+        if left <= _EXACT_ROWS:
+            rows = left
+        else:
+            rows = 1 << (min(left, _MAX_ROWS_PER_INSERT).bit_length() - 1)
         sql = _inserts.get(rows)
         if sql is None:
             sql = _inserts[rows] = _INSERT_RECORDS + ", (?, ?, ?, ?, ?, ?)" * (rows - 1)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from campaign_writer.queue import DurableQueue
+from campaign_writer.queuefile import insert_records, open_connection
 from tests.queue.support import WallClock, append_elsewhere, item, items, rows
 
 
@@ -178,3 +179,21 @@ async def test_fresh_appends_are_leased_whole_and_in_order_from_memory_or_file(
         assert await queue.lease(100) == []
     finally:
         await queue.close()
+
+
+@pytest.mark.parametrize("count", [1, 2, 63, 64, 65, 100, 129, 1000, 1100])
+def test_insert_records_returns_each_rows_id_whatever_the_chunking(
+    tmp_path: Path, count: int
+) -> None:
+    """Appends of up to 64 rows are one statement; larger ones are split in chunks. Each
+    item's returned id is the id of the row holding its key."""
+    connection = open_connection(tmp_path / "q.sqlite3", create=True)
+    try:
+        insert_records(connection, items("pre-", 3))  # ids do not start at 1
+        new = items("k", count)
+        ids = insert_records(connection, new)
+        stored = dict(connection.execute("SELECT id, key FROM records WHERE id > 3"))
+    finally:
+        connection.close()
+    assert ids == list(range(4, 4 + count))
+    assert [stored[i] for i in ids] == [item.key for item in new]
