@@ -41,6 +41,7 @@ import hmac
 import time
 import zlib
 from collections import deque
+from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
@@ -132,26 +133,16 @@ def _response(
     )
 
 
+@dataclass(slots=True)
 class _Request:
     """One parsed request, or an answer already decided while parsing (``refused``)."""
 
-    __slots__ = ("authorization", "body", "content_type", "encoding", "keep_alive", "refused")
-
-    def __init__(
-        self,
-        body: bytes,
-        content_type: str,
-        authorization: bytes | None,
-        keep_alive: bool,
-        refused: _Answer | None = None,
-        encoding: bytes = b"",
-    ) -> None:
-        self.body = body
-        self.encoding = encoding
-        self.content_type = content_type
-        self.authorization = authorization
-        self.keep_alive = keep_alive
-        self.refused = refused
+    body: bytes
+    content_type: str
+    authorization: bytes | None
+    keep_alive: bool
+    refused: _Answer | None = None
+    encoding: bytes = b""
 
 
 class _Stop(Exception):
