@@ -25,7 +25,7 @@ stops the lines around it.
 
 The listener is an asyncio protocol over httptools (llhttp, the parser of Node.js),
 not a web framework: a post of a few dozen events cost about 0.5 ms of CPU in
-aiohttp's request machinery, more than routing its events (README "Writer CPU").
+aiohttp's request machinery, more than routing its events (README "Operating it").
 HTTP/1.1 is served in full for this one endpoint: keep-alive, pipelining (answers
 in request order), chunked bodies, ``Expect: 100-continue``, HTTP/1.0 clients. An
 idle keep-alive connection is closed after ``IDLE_TIMEOUT_S``; an answer that ends a
@@ -162,7 +162,6 @@ class _Connection(asyncio.Protocol):
         self.serving: asyncio.Task[None] | None = None
         self.paused = False
         self.ending = False  # an answer that ends the connection is due: stop parsing
-        self.lost = False
         self.eof = False
         self.in_message = False
         self.started = self.last_data
@@ -188,7 +187,7 @@ class _Connection(asyncio.Protocol):
         # A request under way still finishes (its events may already be committing);
         # its answer has nowhere to go.
         self.intake._connections.discard(self)
-        self.lost = self.ending = True
+        self.ending = True
 
     def eof_received(self) -> bool | None:
         """The client half-closed: answer what it sent, then close (None closes now)."""
