@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
@@ -253,3 +253,146 @@ def test_any_accepted_value_reaches_the_document_intact(identifier: str, text: s
     element = etree.fromstring(xml.encode("utf-8"))
     assert element.get("id") == identifier
     assert element.get("testcol1") == text
+
+
+# --- generated fillers against the rules written plainly ----------------------------
+
+WIDE_ROUTE = """
+[[routes]]
+name = "wide"
+match = { type = "w" }
+schema = "acme:wideStg"
+method = "IngestExt"
+key = ["id", "region"]
+operation_field = "op"
+[routes.fields]
+id = { length = 8 }
+region = { path = "where.region", default = "eu" }
+label = {}
+note = { type = "memo", length = 12 }
+plain = { type = "memo" }
+count = { type = "long", default = 0 }
+flag = { path = "a.b.flag", type = "boolean" }
+must = { required = true, default = "x" }
+"""
+
+
+def plain_map(router: Router, event: dict[str, Any]) -> tuple[str | None, str]:
+    """The field rules of the module docstring, one step at a time, for comparison."""
+    from campaign_writer.documents import render_fragment
+    from campaign_writer.xtktypes import cast
+
+    config = router.routes[0]
+    operation = event.get("op") or None
+    attrs: dict[str, str] = {}
+    specs = {
+        "id": ("string", 8, "id"),
+        "region": ("string", None, "where.region"),
+        "label": ("string", None, "label"),
+        "note": ("memo", 12, "note"),
+        "plain": ("memo", None, "plain"),
+        "count": ("long", None, "count"),
+        "flag": ("boolean", None, "a.b.flag"),
+        "must": ("string", None, "must"),
+    }
+    defaults = {"region": "eu", "count": "0", "must": "x"}
+    required = {"id", "region", "must"}
+    for attribute, (type_name, length, path) in specs.items():
+        if operation == "delete" and attribute not in ("id", "region"):
+            continue
+        node: Any = event
+        for step in path.split("."):
+            node = node.get(step, KeyError) if isinstance(node, dict) else KeyError
+        if node is KeyError or node is None:
+            if attribute in defaults:
+                attrs[attribute] = defaults[attribute]
+            elif attribute in required:
+                raise RecordError("is required" + (", got null" if node is None else ""), path)
+            elif node is None:
+                attrs[attribute] = ""
+            continue
+        text = cast(type_name, node, path, length)
+        if not text and attribute in required:
+            raise RecordError("is required and must not be empty", path)
+        attrs[attribute] = text
+    assert config.key == ("id", "region")
+    key = attrs["id"] + "\x1f" + attrs["region"]
+    return key, render_fragment(attrs, operation, "@id, @region")
+
+
+VALUES = st.one_of(
+    st.none(),
+    st.text(max_size=14),
+    st.sampled_from(["", "a&b", 'q"', "<x>", "tab\there", "\x00", "\ufffe", "caf\u00e9"]),
+    st.integers(min_value=-(2**40), max_value=2**40),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+TEXTS = st.one_of(
+    st.text(max_size=14), st.sampled_from(["a&b", 'q"', "<x>", "tab\there", "caf\u00e9", "ok"])
+)
+
+
+def valid_or_not(good: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Mostly values the field takes, so that accepted records are compared too."""
+    return st.one_of(good, good, good, VALUES)
+
+
+@settings(max_examples=300)
+@given(
+    st.fixed_dictionaries(
+        {"type": st.just("w")},
+        optional={
+            "id": valid_or_not(TEXTS),
+            "where": st.one_of(
+                VALUES, st.fixed_dictionaries({}, optional={"region": valid_or_not(TEXTS)})
+            ),
+            "label": valid_or_not(TEXTS),
+            "note": valid_or_not(TEXTS),
+            "plain": valid_or_not(TEXTS),
+            "count": valid_or_not(st.integers(min_value=-(2**31), max_value=2**31 - 1)),
+            "a": st.fixed_dictionaries(
+                {}, optional={"b": st.fixed_dictionaries({}, optional={"flag": VALUES})}
+            ),
+            "must": valid_or_not(TEXTS),
+            "op": st.sampled_from(["delete", "update", "insert"]),
+        },
+    )
+)
+def test_generated_filler_follows_the_field_rules(event: dict[str, Any]) -> None:
+    """Every field kind (text with and without a limit, typed, nested, default, required,
+    optional, a compound key, a delete) maps as the rules say, errors included."""
+    router = WIDE
+    try:
+        expected: tuple[str | None, str] | RecordError = plain_map(router, event)
+    except RecordError as exc:
+        expected = exc
+    try:
+        routed = router.route(event)
+    except RecordError as exc:
+        assert isinstance(expected, RecordError), f"refused: {exc}"
+        assert (exc.field, str(exc)) == (expected.field, str(expected))
+        return
+    assert not isinstance(expected, RecordError), f"accepted, but the rules say: {expected}"
+    assert (routed.key, routed.record.decode()) == expected
+
+
+WIDE = Router(config_with(WIDE_ROUTE))
+
+
+def test_generated_filler_keeps_config_text_out_of_its_code() -> None:
+    """Attribute names and paths reach the generated source as constants only."""
+    router = Router(
+        config_with("""
+[[routes]]
+name = "n'{x}\\\\"
+schema = "dem:sampleTableStg"
+method = "Ingest"
+fields.a = { path = "it's.{x}\\\"" }
+""")
+    )
+    routed = router.route({"it's": {'{x}"': "v"}})
+    assert routed.record == b' a="v"'

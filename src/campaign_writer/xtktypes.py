@@ -50,6 +50,7 @@ __all__ = [
     "caster",
     "format_datetime",
     "json_type",
+    "text_length",
 ]
 
 Caster = Callable[[object, str], str]
@@ -268,12 +269,17 @@ def _uuid(value: object, field: str) -> str:
         raise RecordError(f"{_shown(value)} is not a UUID", field) from None
 
 
+def text_length(type_name: str, length: int | None) -> int | None:
+    """The most characters a value of this type may have: string and memo only."""
+    if type_name == "string":
+        return length or DEFAULT_STRING_LENGTH
+    return length if type_name == "memo" else None
+
+
 def caster(type_name: str, length: int | None = None, policy: XmlTextPolicy = "reject") -> Caster:
     """The cast function for one field; ValueError for a type this module does not know."""
-    if type_name == "string":
-        return _text(length or DEFAULT_STRING_LENGTH, policy)
-    if type_name == "memo":
-        return _text(length, policy)
+    if type_name in TEXT_TYPES:
+        return _text(text_length(type_name, length), policy)
     if type_name in INTEGER_RANGES:
         return _integer(type_name)
     if type_name in ("float", "double"):
