@@ -403,11 +403,9 @@ class Worker:
                 self._notice_others(idle=True)
                 continue
             batch = [first]
-            while len(batch) < _MAX_JOBS_PER_COMMIT:
-                try:
-                    batch.append(jobs.get_nowait())
-                except Empty:
-                    break
+            # empty() rather than get_nowait() until Empty: no exception raised per round.
+            while len(batch) < _MAX_JOBS_PER_COMMIT and not jobs.empty():
+                batch.append(jobs.get_nowait())  # this thread is the only consumer
             stopping = any(job.kind == "close" for job in batch)
             snap: Snapshot | None = None
             external = False
