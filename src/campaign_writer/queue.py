@@ -111,6 +111,25 @@ class RawDeadLetter(NamedTuple):
     code: str = "INTAKE"
 
 
+@dataclass(slots=True, eq=False)
+class _Chunk:
+    """One append's records in the tail: ids ``first`` onwards, taken from ``start``."""
+
+    first: int
+    records: list[Leased]
+    sizes: list[int]
+    start: int = 0
+
+    @property
+    def next_id(self) -> int:
+        return self.first + self.start
+
+    @property
+    def end(self) -> int:
+        """One past the last id."""
+        return self.first + len(self.records)
+
+
 @dataclass(frozen=True)
 class QueueStats:
     """A snapshot of the queue, for ``status``, /v1/stats and the gauges."""
@@ -226,7 +245,9 @@ class DurableQueue:
         # Records this process appended since the last scan that reached the end of the
         # file, when they are known to be ALL the records above the cursor: lease()
         # then hands them over without reading them back (see _take_tail).
-        self._tail: deque[tuple[Leased, int]] = deque()
+        # Held as one chunk per append, so that taking and counting them is slicing.
+        self._tail: deque[_Chunk] = deque()
+        self._tail_count = 0  # records in the tail not yet taken
         self._tail_exact = False
         self._new_records = Wakeup()
         self._space = asyncio.Event()
@@ -302,7 +323,7 @@ class DurableQueue:
                     # This scan read to the end of the file. Appends settled from here on
                     # are all that lies above it (unless another process writes), and
                     # their results come after this one, in commit order.
-                    self._tail.clear()
+                    self._forget_tail()
                     self._tail_exact = True
             future = job.future
             if future is None or future.done():
@@ -370,24 +391,29 @@ class DurableQueue:
     # --- delivery --------------------------------------------------------------------
 
     def _extend_tail(self, items: Sequence[QueueItem], ids: Sequence[int]) -> None:
-        if len(self._tail) + len(ids) > _TAIL_MAX:
-            self._forget_tail()  # a backlog builds up: leases read it from the file
+        count = len(ids)
+        if not count:
+            return
+        first = ids[0]
+        if self._tail_count + count > _TAIL_MAX or ids[-1] - first != count - 1:
+            # A backlog builds up, or (never seen) one append's ids are not consecutive:
+            # leases read the file.
+            self._forget_tail()
             return
         new = tuple.__new__  # Leased without its Python-level __new__ frame, per record
-        self._tail.extend(
-            [
-                (
-                    new(Leased, (record_id, lane, key, record, 0, created_at)),
-                    len(record) + len(event) + ROW_OVERHEAD,
-                )
-                for record_id, (lane, key, record, event, _, created_at) in zip(
-                    ids, items, strict=True
-                )
-            ]
-        )
+        records = [
+            new(Leased, (record_id, lane, key, record, 0, created_at))
+            for record_id, (lane, key, record, _, _, created_at) in zip(
+                range(first, first + count), items, strict=True
+            )
+        ]
+        sizes = [len(item[2]) + len(item[3]) + ROW_OVERHEAD for item in items]
+        self._tail.append(_Chunk(first, records, sizes))
+        self._tail_count += count
 
     def _forget_tail(self) -> None:
         self._tail.clear()
+        self._tail_count = 0
         self._tail_exact = False
 
     def _take_tail(self, limit: int) -> list[Leased] | None:
@@ -397,22 +423,43 @@ class DurableQueue:
         inserted rows in between (a replay), so the file is read from there on.
         """
         tail = self._tail
-        while tail and tail[0][0].id <= self._cursor:
-            tail.popleft()  # also read back by the scan that made the tail exact
-        if not tail or tail[0][0].id != self._cursor + 1:
+        cursor = self._cursor
+        while tail:  # drop what the scan that made the tail exact also read back
+            chunk = tail[0]
+            if chunk.end - 1 <= cursor:
+                tail.popleft()
+                self._tail_count -= len(chunk.records) - chunk.start
+                continue
+            if chunk.next_id <= cursor:
+                skipped = cursor + 1 - chunk.next_id
+                chunk.start += skipped
+                self._tail_count -= skipped
+            break
+        if not tail or tail[0].next_id != cursor + 1:
             if tail:
                 self._forget_tail()
             return None
         taken: list[Leased] = []
         sizes = self._leased
-        expected = self._cursor + 1
-        while tail and len(taken) < limit and tail[0][0].id == expected:
-            leased, size = tail.popleft()
-            taken.append(leased)
-            sizes[leased.id] = size
-            expected += 1
+        expected = cursor + 1
+        while tail and len(taken) < limit:
+            chunk = tail[0]
+            if chunk.next_id != expected:
+                break
+            start = chunk.start
+            stop = min(len(chunk.records), start + limit - len(taken))
+            taken.extend(chunk.records[start:stop])
+            sizes.update(
+                zip(range(expected, expected + stop - start), chunk.sizes[start:stop], strict=True)
+            )
+            expected += stop - start
+            self._tail_count -= stop - start
+            if stop == len(chunk.records):
+                tail.popleft()
+            else:
+                chunk.start = stop
         self._cursor = expected - 1
-        if tail and tail[0][0].id != expected:
+        if tail and tail[0].next_id != expected:
             self._forget_tail()
             self._more = True  # the rest is read from the file
         else:
