@@ -216,7 +216,12 @@ class Bench:
                 measure_end = case.warmup_s + case.duration_s
             elif case.load == "poisson":
                 rate = case.capacity * case.rate_share
-                await feeder.poisson(rate, case.warmup_s + case.duration_s, seed=repeat + 1)
+                await feeder.poisson(
+                    rate,
+                    case.warmup_s + case.duration_s,
+                    seed=repeat + 1,
+                    tick_s=case.extra.get("post_interval_ms", 10.0) / 1000,
+                )
                 measure_end = time.time() - t0
                 settled = await self._wait_idle(subject, feeder.sent, case.drain_s)
             else:  # burst

@@ -236,7 +236,25 @@ def build_cases(mode: str) -> dict[str, list[Case]]:
                 rate_share=0.5,
                 needs_records=True,
                 figures=(*LATENCY, "utilisation", "batch_fill", "records_per_cpu_s", "cpu_s"),
-            )
+            ),
+            Case(
+                name="steady/large-posts",
+                scenario="steady",
+                description=(
+                    "The same arrivals posted every 40 ms instead of every 10 ms (about 200 "
+                    "events per post instead of 50): what the writer's CPU per record owes to "
+                    "the number of posts rather than the number of records."
+                ),
+                load="poisson",
+                warmup_s=steady_warmup,
+                duration_s=steady_load,
+                drain_s=steady_drain,
+                rate_share=0.5,
+                needs_records=True,
+                subjects=("writer",),
+                figures=(*LATENCY, "records_per_cpu_s", "cpu_s"),
+                extra={"post_interval_ms": 40.0},
+            ),
         ],
         "slow-campaign": [
             replace(
