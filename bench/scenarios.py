@@ -210,6 +210,33 @@ def build_cases(mode: str) -> dict[str, list[Case]]:
         ),
         extra={"high_s": high, "low_s": low, "back_s": back},
     )
+    steady = Case(
+        name="steady",
+        scenario="steady",
+        description=(
+            "Poisson arrivals at 50% of capacity "
+            f"({TPS * MAX_RECORDS * 0.5:,.0f} events/s): end-to-end latency percentiles."
+        ),
+        load="poisson",
+        warmup_s=steady_warmup,
+        duration_s=steady_load,
+        drain_s=steady_drain,
+        rate_share=0.5,
+        needs_records=True,
+        figures=(*LATENCY, "utilisation", "batch_fill", "records_per_cpu_s", "cpu_s"),
+    )
+    large_posts = replace(
+        steady,
+        name="steady/large-posts",
+        description=(
+            "The same arrivals posted every 40 ms instead of every 10 ms (about 200 events per "
+            "post instead of 50): what the writer's CPU per record owes to the number of posts "
+            "rather than the number of records."
+        ),
+        subjects=("writer",),
+        figures=(*LATENCY, "records_per_cpu_s", "cpu_s"),
+        extra={"post_interval_ms": 40.0},
+    )
     return {
         "saturation": [
             _saturation(
@@ -221,41 +248,7 @@ def build_cases(mode: str) -> dict[str, list[Case]]:
                 f"ceiling {TPS:g} x {MAX_RECORDS}.",
             )
         ],
-        "steady": [
-            Case(
-                name="steady",
-                scenario="steady",
-                description=(
-                    "Poisson arrivals at 50% of capacity "
-                    f"({TPS * MAX_RECORDS * 0.5:,.0f} events/s): end-to-end latency percentiles."
-                ),
-                load="poisson",
-                warmup_s=steady_warmup,
-                duration_s=steady_load,
-                drain_s=steady_drain,
-                rate_share=0.5,
-                needs_records=True,
-                figures=(*LATENCY, "utilisation", "batch_fill", "records_per_cpu_s", "cpu_s"),
-            ),
-            Case(
-                name="steady/large-posts",
-                scenario="steady",
-                description=(
-                    "The same arrivals posted every 40 ms instead of every 10 ms (about 200 "
-                    "events per post instead of 50): what the writer's CPU per record owes to "
-                    "the number of posts rather than the number of records."
-                ),
-                load="poisson",
-                warmup_s=steady_warmup,
-                duration_s=steady_load,
-                drain_s=steady_drain,
-                rate_share=0.5,
-                needs_records=True,
-                subjects=("writer",),
-                figures=(*LATENCY, "records_per_cpu_s", "cpu_s"),
-                extra={"post_interval_ms": 40.0},
-            ),
-        ],
+        "steady": [steady, large_posts],
         "slow-campaign": [
             replace(
                 _saturation(
