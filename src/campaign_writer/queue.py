@@ -249,6 +249,9 @@ class DurableQueue:
         self._tail: deque[_Chunk] = deque()
         self._tail_count = 0  # records in the tail not yet taken
         self._tail_exact = False
+        # The last id the scan that made the tail exact read (or its cursor, if it read
+        # nothing): once the cursor is there, an empty exact tail means nothing is new.
+        self._exact_end = 0
         self._new_records = Wakeup()
         self._space = asyncio.Event()
         self._lease_lock = asyncio.Lock()
@@ -325,6 +328,8 @@ class DurableQueue:
                     # their results come after this one, in commit order.
                     self._forget_tail()
                     self._tail_exact = True
+                    rows = job.result[1]
+                    self._exact_end = rows[-1][0] if rows else job.args[1]
             future = job.future
             if future is None or future.done():
                 continue
@@ -435,9 +440,16 @@ class DurableQueue:
                 chunk.start += skipped
                 self._tail_count -= skipped
             break
-        if not tail or tail[0].next_id != cursor + 1:
-            if tail:
-                self._forget_tail()
+        if not tail:
+            if cursor >= self._exact_end:
+                # Nothing above the cursor: no read of the file (in a steady flow the
+                # feeder asks once more after each append it takes; that cost a round
+                # trip through the queue thread per append).
+                self._more = False
+                return []
+            return None  # rows the scan read were never handed out (its lease was cancelled)
+        if tail[0].next_id != cursor + 1:
+            self._forget_tail()
             return None
         taken: list[Leased] = []
         sizes = self._leased

@@ -181,6 +181,45 @@ async def test_fresh_appends_are_leased_whole_and_in_order_from_memory_or_file(
         await queue.close()
 
 
+async def test_nothing_new_is_answered_from_memory_unless_a_scan_went_unread(
+    tmp_path: Path,
+) -> None:
+    """Once appends are held in memory, a lease that finds none of them answers without a
+    trip through the queue thread; but rows a cancelled scan read and never handed out
+    still send the next lease to the file."""
+    queue = await DurableQueue.open(tmp_path / "queue.sqlite3")
+    submitted: list[str] = []
+    submit = queue._submit
+
+    async def counting(kind: str, *args: object) -> object:
+        submitted.append(kind)
+        return await submit(kind, *args)
+
+    queue._submit = counting  # type: ignore[method-assign]
+    try:
+        await queue.append(items("a", 3))
+        assert [r.key for r in await queue.lease(10)] == ["a0", "a1", "a2"]  # a scan
+        submitted.clear()
+        assert await queue.lease(10) == []
+        await queue.append(items("b", 2))
+        assert [r.key for r in await queue.lease(10)] == ["b0", "b1"]
+        assert await queue.lease(10) == []
+        assert submitted == ["append"]
+    finally:
+        await queue.close()
+
+    queue = await DurableQueue.open(tmp_path / "queue.sqlite3")
+    try:
+        scan = asyncio.create_task(queue.lease(100))  # the file holds a0-b1 (nothing acked)
+        await asyncio.sleep(0)
+        scan.cancel()  # read to the end, never handed out
+        await queue.refresh()
+        got = [r.key for r in await queue.lease(100)]
+        assert got == ["a0", "a1", "a2", "b0", "b1"]
+    finally:
+        await queue.close()
+
+
 async def test_a_scan_that_stops_inside_an_append_held_in_memory_leaves_the_rest_once(
     tmp_path: Path,
 ) -> None:
