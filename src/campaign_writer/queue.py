@@ -316,10 +316,10 @@ class DurableQueue:
         for job in batch:
             if job.error is not None:
                 pass
-            elif job.kind == "append" and job.result:
+            elif job.kind == "append" and job.result[0]:
                 appended = True
                 if self._tail_exact:
-                    self._extend_tail(job.args[0], job.result)
+                    self._extend_tail(job.args[0], *job.result)
             elif job.kind == "lease" and not self._tail_exact:
                 wanted = job.args[2]
                 if wanted > 0 and len(job.result[1]) < wanted:
@@ -395,7 +395,9 @@ class DurableQueue:
 
     # --- delivery --------------------------------------------------------------------
 
-    def _extend_tail(self, items: Sequence[QueueItem], ids: Sequence[int]) -> None:
+    def _extend_tail(
+        self, items: Sequence[QueueItem], ids: Sequence[int], sizes: list[int]
+    ) -> None:
         count = len(ids)
         if not count:
             return
@@ -412,7 +414,6 @@ class DurableQueue:
                 range(first, first + count), items, strict=True
             )
         ]
-        sizes = [len(item[2]) + len(item[3]) + ROW_OVERHEAD for item in items]
         self._tail.append(_Chunk(first, records, sizes))
         self._tail_count += count
 

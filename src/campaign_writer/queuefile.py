@@ -547,8 +547,10 @@ class Worker:
         codes: dict[str, int],
         items: Sequence[QueueItem],
         raws: Sequence[RawDeadLetter],
-    ) -> list[int]:
-        size = sum(len(i.record) + len(i.event) for i in items) + ROW_OVERHEAD * len(items)
+    ) -> tuple[list[int], list[int]]:
+        """The new rows' ids and sizes (the queue keeps both for leases from memory)."""
+        sizes = [len(item[2]) + len(item[3]) + ROW_OVERHEAD for item in items]
+        size = sum(sizes)
         raw_rows = [_raw_row(raw, self.clock()) for raw in raws]
         raw_size = sum(row[-1] for row in raw_rows)
         self._room(totals, size + raw_size)  # raises _Refused before anything is written
@@ -561,7 +563,7 @@ class Worker:
             totals[3] += raw_size
             for raw in raws:
                 codes[raw.code] = codes.get(raw.code, 0) + 1
-        return ids
+        return ids, sizes
 
     def _ack(
         self,
