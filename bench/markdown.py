@@ -143,6 +143,17 @@ def render(report: dict[str, Any]) -> str:
             f"{fill['cpu_us_per_event']:.1f} µs writer CPU per event.",
             "",
         ]
+    wake = report.get("wake_cost")
+    if wake:
+        lines += [
+            f"What waking costs on this machine (bench/wakecost.py): a process that sleeps "
+            f"{wake['tick_ms']:g} ms spends {wake['wake_us']:,.1f} µs of CPU per wake "
+            f"({wake['short_wake_us']:,.1f} µs after 0.1 ms); an HTTP responder that does "
+            f"nothing but answer spends {wake['responder_us_per_post']:,.1f} µs per post, "
+            f"posted every {wake['tick_ms']:g} ms. Per-post costs like these weigh on the "
+            "records per CPU-second of small posts.",
+            "",
+        ]
     lines += [
         "## Delivery targets (writer, medians)",
         "",

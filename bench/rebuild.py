@@ -73,6 +73,7 @@ def load_results(out: Path) -> SimpleNamespace:
         finished=invocation.get("finished"),
         machine_at_start=invocation["machine_at_start"],
         backlog=SimpleNamespace(figures=invocation.get("backlog_fill")),
+        wake_cost=invocation.get("wake_cost"),
         cases=results,
     )
 

@@ -233,6 +233,7 @@ def build_report(bench: Bench, started: float) -> dict[str, Any]:
             "writer_config": "config/example.toml",
         },
         "backlog_fill": bench.backlog.figures,
+        "wake_cost": getattr(bench, "wake_cost", None),
         "cases": {name: _case_report(result) for name, result in bench.cases.items()},
     }
     report["targets"] = targets(report)

@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from . import wakecost
 from .analysis import run_figures
 from .load import Events
 from .procs import REPO, MachineSampler, SimulatorProcess, machine_info
@@ -106,6 +107,7 @@ class Bench:
         self._last_stop = 0.0
         self.started = time.time()
         self.machine_at_start = machine_info()
+        self.wake_cost: dict[str, Any] | None = None
 
     def close(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
@@ -125,6 +127,7 @@ class Bench:
             "finished": time.time(),
             "machine_at_start": self.machine_at_start,
             "backlog_fill": self.backlog.figures,
+            "wake_cost": self.wake_cost,
             "cases": {
                 name: {"skipped": result["skipped"], "errors": result["errors"]}
                 for name, result in self.cases.items()
@@ -420,6 +423,12 @@ async def run(options: Options) -> int:
     )
     try:
         bench.record_invocation()
+        if any("records_per_cpu_s" in c.figures for c in cases):
+            # What waking costs on this machine, for reading the CPU figures (wakecost.py).
+            print("wake cost: sleeping and empty-responder probes", flush=True)
+            posts = max(50, round(300 * options.scale))
+            bench.wake_cost = await wakecost.measure(bench.out / "logs", posts=posts)
+            bench.record_invocation()
         if {"writer", "cubic"} & set(options.subjects):
             await bench.backlog.prepare(max((c.backlog_needed() for c in cases), default=0))
         for case in cases:

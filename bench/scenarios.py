@@ -237,6 +237,17 @@ def build_cases(mode: str) -> dict[str, list[Case]]:
         figures=(*LATENCY, "records_per_cpu_s", "cpu_s"),
         extra={"post_interval_ms": 40.0},
     )
+    normal_sync = replace(
+        large_posts,
+        name="steady/normal-sync",
+        description=(
+            'The steady case (50 events per post) with queue.synchronous = "NORMAL": commits '
+            "are not fsynced, which is safe against a crash of the process but not of the "
+            "machine. What FULL's fsync per commit costs in writer CPU."
+        ),
+        extra={},
+        writer_sets=('queue.synchronous="NORMAL"',),
+    )
     return {
         "saturation": [
             _saturation(
@@ -248,7 +259,7 @@ def build_cases(mode: str) -> dict[str, list[Case]]:
                 f"ceiling {TPS:g} x {MAX_RECORDS}.",
             )
         ],
-        "steady": [steady, large_posts],
+        "steady": [steady, large_posts, normal_sync],
         "slow-campaign": [
             replace(
                 _saturation(

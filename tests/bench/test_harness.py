@@ -54,6 +54,10 @@ def check_report(tmp_path: Path) -> None:
     assert len(report["machine"]["loadavg_start"]) == 3
     assert len(report["machine"]["loadavg_end"]) == 3
     assert report["backlog_fill"]["events_per_s"] > 0
+    wake = report["wake_cost"]
+    assert wake["count"] == 150  # 300 at scale 1
+    for figure in ("wake_us", "short_wake_us", "responder_us_per_post"):
+        assert 0 < wake[figure] < 100_000, (figure, wake)
     case = report["cases"]["saturation"]
     assert case["errors"] == []
     assert case["skipped"] == {}
@@ -87,6 +91,7 @@ def check_report(tmp_path: Path) -> None:
     markdown = (out / "report.md").read_text()
     assert "## saturation" in markdown
     assert "writer ÷ unitary" in markdown
+    assert f"a process that sleeps 10 ms spends {wake['wake_us']:,.1f} µs" in markdown
     assert "![saturation-timeline.png](saturation-timeline.png)" in markdown
 
 
@@ -101,3 +106,4 @@ def check_rebuild(tmp_path: Path) -> None:
         for figure in THROUGHPUT:
             assert median(after, subject, figure) == median(before, subject, figure)
     assert after["targets"] == before["targets"]
+    assert after["wake_cost"] == before["wake_cost"]
