@@ -144,7 +144,9 @@ def render(report: dict[str, Any]) -> str:
             "",
         ]
     wake = report.get("wake_cost")
-    if wake:
+    if wake and "error" in wake:
+        lines += [f"What waking costs on this machine: not measured ({wake['error']}).", ""]
+    elif wake:
         lines += [
             f"What waking costs on this machine (bench/wakecost.py): a process that sleeps "
             f"{wake['tick_ms']:g} ms spends {wake['wake_us']:,.1f} µs of CPU per wake "

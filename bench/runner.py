@@ -411,6 +411,16 @@ def scaled(case: Case, factor: float) -> Case:
     )
 
 
+async def measure_wake_cost(logs: Path, scale: float) -> dict[str, Any]:
+    """wakecost.measure's figures (300 wakes and posts at scale 1), or why there are none:
+    a probe that fails must not cost the cases their run."""
+    try:
+        return await wakecost.measure(logs, posts=max(50, round(300 * scale)))
+    except Exception as exc:
+        print(f"wake cost not measured: {exc!r}", flush=True)
+        return {"error": repr(exc)}
+
+
 async def run(options: Options) -> int:
     from .report import write_report
 
@@ -426,8 +436,7 @@ async def run(options: Options) -> int:
         if any("records_per_cpu_s" in c.figures for c in cases):
             # What waking costs on this machine, for reading the CPU figures (wakecost.py).
             print("wake cost: sleeping and empty-responder probes", flush=True)
-            posts = max(50, round(300 * options.scale))
-            bench.wake_cost = await wakecost.measure(bench.out / "logs", posts=posts)
+            bench.wake_cost = await measure_wake_cost(bench.out / "logs", options.scale)
             bench.record_invocation()
         if {"writer", "cubic"} & set(options.subjects):
             await bench.backlog.prepare(max((c.backlog_needed() for c in cases), default=0))

@@ -6,8 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
+from typing import Any
 
+import pytest
+from bench.markdown import render
+from bench.runner import measure_wake_cost
 from bench.wakecost import _Responder, responder_cpu_per_post, sleep_cpu_per_wake
+
+from bench import wakecost
 
 
 def request(body: bytes) -> bytes:
@@ -55,3 +61,56 @@ async def test_probes_measure_cpu_per_wake_and_per_post(tmp_path: Path) -> None:
     per_post = await responder_cpu_per_post(0.005, 40, tmp_path / "responder.log")
     assert 0 < long_wake < 0.05
     assert 0 < per_post < 0.05
+
+
+def report_with(wake: dict[str, Any] | None) -> dict[str, Any]:
+    """The least report.json that bench.markdown.render takes."""
+    return {
+        "machine": {"cores": 2, "cpu_model": "test", "memory_mb": 1024},
+        "settings": {
+            "tps_limit": 20,
+            "max_records": 500,
+            "linger_ms": 200,
+            "campaign_latency_ms": 50,
+            "capacity_records_per_s": 10_000,
+        },
+        "mode": "quick",
+        "started_at": "2026-11-23T00:00:00",
+        "duration_s": 1.0,
+        "git_commit": "0" * 7,
+        "repeats": 1,
+        "scale": 1.0,
+        "subjects": ["writer"],
+        "wake_cost": wake,
+        "targets": [],
+        "cases": {},
+    }
+
+
+def test_report_prints_the_probe_figures_or_why_they_are_missing() -> None:
+    figures = {
+        "tick_ms": 10.0,
+        "count": 300,
+        "wake_us": 201.5,
+        "short_wake_us": 6.25,
+        "responder_us_per_post": 1234.5,
+    }
+    shown = render(report_with(figures))
+    assert "a process that sleeps 10 ms spends 201.5 µs of CPU per wake" in shown
+    assert "(6.2 µs after 0.1 ms)" in shown
+    assert "spends 1,234.5 µs per post, posted every 10 ms" in shown
+    failed = render(report_with({"error": "RuntimeError('no port')"}))
+    assert "What waking costs on this machine: not measured (RuntimeError('no port'))." in failed
+    assert "What waking costs" not in render(report_with(None))
+
+
+async def test_a_failed_probe_is_reported_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(logs: Path, *, posts: int) -> dict[str, Any]:
+        raise RuntimeError(f"no responder ({posts} posts)")
+
+    monkeypatch.setattr(wakecost, "measure", broken)
+    assert await measure_wake_cost(tmp_path, 0.5) == {
+        "error": "RuntimeError('no responder (150 posts)')"
+    }
