@@ -150,7 +150,8 @@ def render(report: dict[str, Any]) -> str:
         lines += [
             f"What waking costs on this machine (bench/wakecost.py): a process that sleeps "
             f"{wake['tick_ms']:g} ms spends {wake['wake_us']:,.1f} µs of CPU per wake "
-            f"({wake['short_wake_us']:,.1f} µs after 0.1 ms); an HTTP responder that does "
+            f"({wake['short_wake_us']:,.1f} µs after {wake.get('short_ms', 0.1):g} ms); an HTTP "
+            "responder that does "
             f"nothing but answer spends {wake['responder_us_per_post']:,.1f} µs per post, "
             f"posted every {wake['tick_ms']:g} ms. Per-post costs like these weigh on the "
             "records per CPU-second of small posts.",

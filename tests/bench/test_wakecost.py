@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from bench.markdown import render
 from bench.runner import measure_wake_cost
-from bench.wakecost import _Responder, responder_cpu_per_post, sleep_cpu_per_wake
+from bench.wakecost import _cpu_s, _Responder, responder_cpu_per_post, sleep_cpu_per_wake
 
 from bench import wakecost
 
@@ -57,10 +59,55 @@ async def answers(reader: asyncio.StreamReader, expected: int) -> int:
 
 
 async def test_probes_measure_cpu_per_wake_and_per_post(tmp_path: Path) -> None:
-    long_wake = await sleep_cpu_per_wake(0.005, 40, tmp_path / "sleep.log")
+    cpu, wall = await sleep_cpu_per_wake(0.005, 40, tmp_path / "sleep.log")
+    assert 0 < cpu < wall
+    assert wall >= 0.005
     per_post = await responder_cpu_per_post(0.005, 40, tmp_path / "responder.log")
-    assert 0 < long_wake < 0.05
     assert 0 < per_post < 0.05
+
+
+async def test_a_sleep_too_short_to_happen_is_refused(tmp_path: Path) -> None:
+    # uvloop runs a sleep under half a millisecond at once: that is no wake at all.
+    with pytest.raises(ValueError, match=r"asked to sleep 0\.0001 s, woke after"):
+        await sleep_cpu_per_wake(0.0001, 40, tmp_path / "sleep.log")
+
+
+def test_cpu_time_counts_every_thread() -> None:
+    # The main thread waits while a second one spins for 0.3 s of CPU, then idles.
+    code = (
+        "import threading, time\n"
+        "spun = threading.Event()\n"
+        "def spin():\n"
+        "    end = time.thread_time() + 0.3\n"
+        "    while time.thread_time() < end: pass\n"
+        "    spun.set(); time.sleep(30)\n"
+        "threading.Thread(target=spin, daemon=True).start()\n"
+        "spun.wait(); print('spun', flush=True); time.sleep(30)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    try:
+        assert child.stdout.readline() == "spun\n"
+        assert _cpu_s(child.pid) >= 0.29
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+
+
+async def test_responder_refuses_chunked_bodies() -> None:
+    server = await asyncio.get_running_loop().create_server(_Responder, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        )
+        async with asyncio.timeout(5):
+            assert await reader.read(4096) == b""  # closed, nothing answered
+    finally:
+        writer.close()
+        server.close()
 
 
 def report_with(wake: dict[str, Any] | None) -> dict[str, Any]:
@@ -90,6 +137,7 @@ def report_with(wake: dict[str, Any] | None) -> dict[str, Any]:
 def test_report_prints_the_probe_figures_or_why_they_are_missing() -> None:
     figures = {
         "tick_ms": 10.0,
+        "short_ms": 1.0,
         "count": 300,
         "wake_us": 201.5,
         "short_wake_us": 6.25,
@@ -97,7 +145,7 @@ def test_report_prints_the_probe_figures_or_why_they_are_missing() -> None:
     }
     shown = render(report_with(figures))
     assert "a process that sleeps 10 ms spends 201.5 µs of CPU per wake" in shown
-    assert "(6.2 µs after 0.1 ms)" in shown
+    assert "(6.2 µs after 1 ms)" in shown
     assert "spends 1,234.5 µs per post, posted every 10 ms" in shown
     failed = render(report_with({"error": "RuntimeError('no port')"}))
     assert "What waking costs on this machine: not measured (RuntimeError('no port'))." in failed
