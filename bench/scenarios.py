@@ -238,14 +238,15 @@ def build_cases(mode: str) -> dict[str, list[Case]]:
         extra={"post_interval_ms": 40.0},
     )
     normal_sync = replace(
-        large_posts,
+        steady,
         name="steady/normal-sync",
         description=(
             'The steady case (50 events per post) with queue.synchronous = "NORMAL": commits '
             "are not fsynced, which is safe against a crash of the process but not of the "
             "machine. What FULL's fsync per commit costs in writer CPU."
         ),
-        extra={},
+        subjects=large_posts.subjects,
+        figures=large_posts.figures,
         writer_sets=('queue.synchronous="NORMAL"',),
     )
     return {

@@ -281,10 +281,7 @@ class _Route:
     name: str
     lane: str
     match: tuple[tuple[str, Any], ...]
-    fields: tuple[_Field, ...]
-    key_fields: tuple[_Field, ...]
     key: tuple[str, ...]
-    key_spec: str | None
     operation: str | None
     operation_path: tuple[str, ...] | None
     operation_label: str
@@ -417,16 +414,12 @@ def _compile(route: RouteConfig, policy: XmlTextPolicy) -> _Route:
     fields = tuple(compiled)
     key_fields = tuple(f for f in fields if f.attribute in route.key)
     op_path = tuple(route.operation_field.split(".")) if route.operation_field else None
-    key_spec = route.key_spec
-    heads = {op: _head(op, key_spec) for op in (None, *sorted(OPERATIONS))}
+    heads = {op: _head(op, route.key_spec) for op in (None, *sorted(OPERATIONS))}
     return _Route(
         name=route.name,
         lane=route.lane,
         match=tuple(route.match.items()),
-        fields=fields,
-        key_fields=key_fields,
         key=route.key,
-        key_spec=key_spec,
         operation=route.operation,
         operation_path=op_path,
         operation_label=route.operation_field or "",

@@ -177,6 +177,7 @@ class _Connection(asyncio.Protocol):
         self.chunks: list[bytes] = []
         self.size = 0
         self.refused: _Answer | None = None
+        self.encoding = b"identity"
 
     # --- the transport ---------------------------------------------------------------
 
@@ -249,7 +250,9 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         path = self.url.partition(b"?")[0]
         method = self.parser.get_method()
-        encoding = self.headers.get(b"content-encoding", b"identity").strip().lower()
+        encoding = self.encoding = (
+            self.headers.get(b"content-encoding", b"identity").strip().lower()
+        )
         if path != PATH:
             self.refused = (404, {"error": "not found; events go to POST /v1/events"}, None)
         elif method != b"POST":
@@ -301,7 +304,7 @@ class _Connection(asyncio.Protocol):
                 # A HEAD is refused with a body the client will not read: end there.
                 self.parser.should_keep_alive() and self.parser.get_method() != b"HEAD",
                 self.refused,
-                self.headers.get(b"content-encoding", b"").strip().lower(),
+                self.encoding,
             )
         )
         self._reset()
