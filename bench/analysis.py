@@ -73,6 +73,17 @@ def _latency(run: Run) -> dict[str, Any]:
     return result
 
 
+def _intake(case: Case, run: Run) -> dict[str, Any]:
+    """How long intake took to answer 202, over the posts of the measurement window."""
+    answers = run.get("intake_answers")
+    if not answers:
+        return {}
+    start = run["t0"] + case.warmup_s
+    took = [seconds for at, seconds in answers if at >= start]
+    found = percentiles(took)
+    return {"intake_p50_ms": _ms(found["p50"]), "intake_p99_ms": _ms(found["p99"])}
+
+
 def _limit_drop(case: Case, run: Run, limits: Limits) -> dict[str, Any]:
     calls, t0 = run["calls"], run["t0"]
     high, low, back = case.extra["high_s"], case.extra["low_s"], case.extra["back_s"]
@@ -162,6 +173,7 @@ def run_figures(case: Case, run: Run) -> dict[str, Any]:
     figures.update(_throughput(case, run, limits))
     figures.update(_cost(run))
     figures.update(_latency(run))
+    figures.update(_intake(case, run))
     if case.scenario == "limit-drop":
         figures.update(_limit_drop(case, run, limits))
     if case.scenario == "outage":

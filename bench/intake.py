@@ -63,7 +63,10 @@ async def serve(args: argparse.Namespace) -> None:
         ],
     )
     queue = await DurableQueue.open(
-        config.queue.path, max_bytes=8 << 30, synchronous=config.queue.synchronous
+        config.queue.path,
+        max_bytes=8 << 30,
+        synchronous=config.queue.synchronous,
+        commit_window_s=config.queue.commit_window_ms / 1000,
     )
     intake = HttpIntake(config, Router(config), queue, Metrics())
     await intake.start()

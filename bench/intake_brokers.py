@@ -274,7 +274,10 @@ async def measure(
             ]
         await publish(bodies)
         queue = await DurableQueue.open(
-            config.queue.path, max_bytes=config.queue.max_bytes, synchronous=synchronous
+            config.queue.path,
+            max_bytes=config.queue.max_bytes,
+            synchronous=synchronous,
+            commit_window_s=config.queue.commit_window_ms / 1000,
         )
         metrics = Metrics()
         common: Common = {"batch_size": batch, "format": "ndjson" if per_message > 1 else "json"}

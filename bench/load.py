@@ -74,14 +74,19 @@ class HttpSink:
             connector=aiohttp.TCPConnector(limit=32), timeout=aiohttp.ClientTimeout(total=120)
         )
         self.refused = 0
+        # (unix time the post began, seconds until its 202), one per post: how long
+        # intake took to acknowledge, including any waits on a full queue (503).
+        self.answers: list[tuple[float, float]] = []
 
     async def __call__(self, lines: list[bytes]) -> None:
         body = b"".join(lines)
         headers = {"Content-Type": "application/x-ndjson"}
+        began, started = time.time(), time.perf_counter()
         while True:
             async with self.session.post(self.url, data=body, headers=headers) as answer:
                 text = await answer.read()
                 if answer.status == 202:
+                    self.answers.append((began, time.perf_counter() - started))
                     return
                 if answer.status == 503:
                     self.refused += 1

@@ -43,6 +43,8 @@ LABELS = {
     "e2e_p99_ms": "end-to-end p99",
     "e2e_p99.9_ms": "end-to-end p99.9",
     "e2e_max_ms": "end-to-end max",
+    "intake_p50_ms": "202 answer p50 (intake)",
+    "intake_p99_ms": "202 answer p99 (intake)",
     "call_latency_p50_ms": "call latency p50",
     "call_latency_p99_ms": "call latency p99",
 }

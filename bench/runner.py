@@ -265,6 +265,9 @@ class Bench:
             "samples": samples,
             "calls": await sim.calls(seq0),
         }
+        answers = getattr(feeder.sink, "answers", None)
+        if answers is not None:
+            run["intake_answers"] = [(round(at, 4), round(took, 6)) for at, took in answers]
         if case.needs_records:
             await self._records(sim, case, run, feeder.log)
         return run

@@ -153,6 +153,7 @@ LATENCY = (
     "e2e_max_ms",
     "delivered_share",
 )
+INTAKE = ("intake_p50_ms", "intake_p99_ms")
 
 
 def _durations(mode: str, quick: tuple[float, ...], full: tuple[float, ...]) -> tuple[float, ...]:
@@ -223,7 +224,7 @@ def build_cases(mode: str) -> dict[str, list[Case]]:
         drain_s=steady_drain,
         rate_share=0.5,
         needs_records=True,
-        figures=(*LATENCY, "utilisation", "batch_fill", "records_per_cpu_s", "cpu_s"),
+        figures=(*LATENCY, *INTAKE, "utilisation", "batch_fill", "records_per_cpu_s", "cpu_s"),
     )
     large_posts = replace(
         steady,
@@ -234,7 +235,7 @@ def build_cases(mode: str) -> dict[str, list[Case]]:
             "rather than the number of records."
         ),
         subjects=("writer",),
-        figures=(*LATENCY, "records_per_cpu_s", "cpu_s"),
+        figures=(*LATENCY, *INTAKE, "records_per_cpu_s", "cpu_s"),
         extra={"post_interval_ms": 40.0},
     )
     normal_sync = replace(
@@ -249,6 +250,18 @@ def build_cases(mode: str) -> dict[str, list[Case]]:
         figures=large_posts.figures,
         writer_sets=('queue.synchronous="NORMAL"',),
     )
+    no_window = replace(
+        steady,
+        name="steady/no-commit-window",
+        description=(
+            "The steady case (50 events per post) with queue.commit_window_ms = 0: every "
+            "post is committed on its own, as soon as it arrives. What the window saves in "
+            "writer CPU, and what it adds to the 202 answer."
+        ),
+        subjects=large_posts.subjects,
+        figures=large_posts.figures,
+        writer_sets=("queue.commit_window_ms=0",),
+    )
     return {
         "saturation": [
             _saturation(
@@ -260,7 +273,7 @@ def build_cases(mode: str) -> dict[str, list[Case]]:
                 f"ceiling {TPS:g} x {MAX_RECORDS}.",
             )
         ],
-        "steady": [steady, large_posts, normal_sync],
+        "steady": [steady, large_posts, normal_sync, no_window],
         "slow-campaign": [
             replace(
                 _saturation(

@@ -42,7 +42,8 @@ DOCUMENTED_KEYS = [
     "campaign.auth.scope", "campaign.auth.refresh_margin_s", "campaign.tls.verify",
     "campaign.tls.ca_bundle", "campaign.wire.content_type", "campaign.wire.soap_action_quoted",
     "campaign.wire.method_in_url", "campaign.wire.urns", "queue.path", "queue.max_bytes",
-    "queue.synchronous", "http.listen", "http.token", "http.max_body_bytes", "admin.listen",
+    "queue.synchronous", "queue.commit_window_ms", "http.listen", "http.token",
+    "http.max_body_bytes", "admin.listen",
     "batch.max_records", "batch.max_bytes", "batch.linger_ms", "sender.max_in_flight",
     "sender.timeout_s", "retry.max_age", "retry.initial_backoff_s", "retry.max_backoff_s",
     "daemon.shutdown_timeout_s", "log.level", "log.format", "intake.invalid_xml_chars",
@@ -144,10 +145,12 @@ def test_defaults_fill_every_section_not_written() -> None:
     assert config.campaign.auth.refresh_margin_s == 300
     assert config.campaign.tls.verify is True and config.campaign.tls.ca_bundle is None
     assert dict(config.campaign.wire.urns) == dict(DEFAULT_URNS)
-    assert (str(config.queue.path), config.queue.max_bytes, config.queue.synchronous) == (
+    queue = config.queue
+    assert (str(queue.path), queue.max_bytes, queue.synchronous, queue.commit_window_ms) == (
         "var/queue.sqlite3",
         1 << 30,
         "FULL",
+        20.0,
     )
     assert (config.http.listen, config.http.token, config.http.max_body_bytes) == (
         "127.0.0.1:8080",
@@ -268,6 +271,18 @@ def test_set_refuses_secrets_and_bad_paths(override: str, problem: str) -> None:
     problems = problems_of(minimal(), [override])
     assert any(p.startswith(problem) for p in problems), problems
     assert all("hunter22" not in p and "abcd1234" not in p for p in problems)
+
+
+def test_commit_window_is_bounded() -> None:
+    """0 turns the window off; it may not be negative or longer than a second."""
+    assert from_mapping(minimal(), ["queue.commit_window_ms=0"]).queue.commit_window_ms == 0
+    assert from_mapping(minimal(), ["queue.commit_window_ms=2.5"]).queue.commit_window_ms == 2.5
+    assert problems_of(minimal(), ["queue.commit_window_ms=-1"]) == [
+        "queue.commit_window_ms: must be at least 0, got -1"
+    ]
+    assert problems_of(minimal(), ["queue.commit_window_ms=1001"]) == [
+        "queue.commit_window_ms: must be at most 1000, got 1001"
+    ]
 
 
 def test_secrets_come_from_env_or_file_and_never_show(

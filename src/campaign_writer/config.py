@@ -115,6 +115,7 @@ class QueueConfig:
     path: Path = Path("var/queue.sqlite3")
     max_bytes: int = _GIB
     synchronous: Synchronous = "FULL"
+    commit_window_ms: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -417,6 +418,9 @@ def _read_queue(section: Section) -> QueueConfig:
         max_bytes=section.size("max_bytes", _GIB, minimum=64 * 1024),
         synchronous=section.string(  # type: ignore[arg-type]  # checked by choices
             "synchronous", "FULL", choices=("FULL", "NORMAL")
+        ),
+        commit_window_ms=section.number(
+            "commit_window_ms", QueueConfig.commit_window_ms, minimum=0, maximum=1000
         ),
     )
     section.finish()

@@ -92,6 +92,7 @@ class Daemon:
             config.queue.path,
             max_bytes=config.queue.max_bytes,
             synchronous=config.queue.synchronous,
+            commit_window_s=config.queue.commit_window_ms / 1000,
         )
         router = Router(config)
         self.transport = HttpTransport(
@@ -282,7 +283,11 @@ class Daemon:
         self._refresh_gauges()
         return {
             "uptime_s": round(time.time() - self.started_at, 1),
-            "queue": self.queue.stats().as_dict() if self.queue is not None else None,
+            "queue": (
+                {**self.queue.stats().as_dict(), **self.queue.commit_stats()}
+                if self.queue is not None
+                else None
+            ),
             "delivery": self.dispatcher.stats() if self.dispatcher is not None else None,
             "auth": {
                 "mode": self.config.campaign.auth.mode,

@@ -2,7 +2,7 @@
 
 ::
 
-    q = await DurableQueue.open(path, max_bytes=..., synchronous="FULL")
+    q = await DurableQueue.open(path, max_bytes=..., synchronous="FULL", commit_window_s=0.02)
     await q.append(items)            # all-or-nothing, durable when it returns
     leased = await q.lease(500)      # ready records, oldest first
     await q.ack(ids) / q.retry(ids, retry_at, reason) / q.release(ids)
@@ -10,7 +10,9 @@
     await q.close()
 
 Appends from many tasks are committed together, one fsync for all of them (see
-:mod:`.queuefile`, which owns the SQLite file and its thread). With
+:mod:`.queuefile`, which owns the SQLite file and its thread); with a commit window,
+an append that has others close behind it waits up to ``commit_window_s`` for them
+(:class:`~campaign_writer.queuefile.GroupCommit`). With
 ``synchronous=FULL``, a record whose ``append`` returned survives ``kill -9`` and
 power loss, so a source may acknowledge upstream at that point and not before.
 
@@ -49,6 +51,7 @@ from .errors import CampaignWriterError, QueueError
 from .logs import get_logger
 from .queuefile import (
     ROW_OVERHEAD,
+    GroupCommit,
     Job,
     Snapshot,
     Worker,
@@ -226,11 +229,13 @@ class DurableQueue:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        commit_window_s: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.synchronous = synchronous
+        self.grouping = GroupCommit(commit_window_s)
         self._clock = clock
         self._jobs: SimpleQueue[Job] = SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -264,10 +269,20 @@ class DurableQueue:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        commit_window_s: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> DurableQueue:
-        """Open (or create) the queue file, checking it; a crashed run's leases are free."""
-        queue = cls(path, max_bytes=max_bytes, synchronous=synchronous, clock=clock)
+        """Open (or create) the queue file, checking it; a crashed run's leases are free.
+
+        ``commit_window_s`` is how long an append may wait for others to share its
+        commit (0: never waits)."""
+        queue = cls(
+            path,
+            max_bytes=max_bytes,
+            synchronous=synchronous,
+            commit_window_s=commit_window_s,
+            clock=clock,
+        )
         await queue._start()
         return queue
 
@@ -275,7 +290,12 @@ class DurableQueue:
         loop = self._loop = asyncio.get_running_loop()
         self._lock_fd = _take_lock(self.path)
         worker = self._worker = Worker(
-            self.path, self.synchronous, self.max_bytes, self._clock, self._from_thread
+            self.path,
+            self.synchronous,
+            self.max_bytes,
+            self._clock,
+            self._from_thread,
+            self.grouping,
         )
         opened: asyncio.Future[Snapshot] = loop.create_future()
 
@@ -348,7 +368,8 @@ class DurableQueue:
         if self._closed or self._loop is None:
             raise QueueError(f"the queue {self.path} is closed")
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._jobs.put(Job(kind, args, future))
+        assert self._worker is not None
+        self._worker.submit(self._jobs, Job(kind, args, future))
         return await future
 
     # --- intake ----------------------------------------------------------------------
@@ -596,6 +617,19 @@ class DurableQueue:
         """Write transactions (fsyncs) so far; fewer than appends means they were grouped."""
         return self._worker.commits if self._worker is not None else 0
 
+    def commit_stats(self) -> dict[str, Any]:
+        """Commits so far and how the commit window has been used, for /v1/stats.
+
+        Read from the loop while the queue thread counts: each figure is a plain int
+        written by that thread alone, so a reading is at worst one round behind."""
+        grouping = self.grouping
+        return {
+            "commits": self.commits,
+            "commit_window_ms": round(grouping.window_s * 1000, 3),
+            "window_waits": grouping.waits,
+            "window_joined": grouping.joined,
+        }
+
     def stats(self) -> QueueStats:
         """Depth, bytes, oldest age, dead letters by reason (code), as of the last commit."""
         return _stats_of(self._snapshot, self._clock(), len(self._leased), self.max_bytes)
@@ -608,7 +642,8 @@ class DurableQueue:
         thread = self._thread
         if thread is not None and thread.is_alive():
             future: asyncio.Future[Any] = self._loop.create_future()
-            self._jobs.put(Job("close", (), future))
+            assert self._worker is not None
+            self._worker.submit(self._jobs, Job("close", (), future))
             await future
             await asyncio.to_thread(thread.join, 10.0)
         if self._lock_fd is not None:

@@ -14,6 +14,9 @@ The file holds three tables:
 connection. It takes all the jobs waiting for it and runs the writes among them in
 ONE transaction, so concurrent appends share one fsync (group commit); reads run
 after that commit, so a lease never sees a row that could still be rolled back.
+With a commit window (``queue.commit_window_ms``), an append that arrives while
+others are arriving waits up to that long for company before its commit;
+:class:`GroupCommit` decides when waiting pays.
 
 Damage is never papered over. A file that is not SQLite, is shorter than its header
 says, or fails ``PRAGMA quick_check`` after an unclean shutdown raises
@@ -28,6 +31,8 @@ import asyncio
 import contextlib
 import itertools
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +52,7 @@ __all__ = [
     "ROW_OVERHEAD",
     "SQL_SET_TOTALS",
     "SQL_TOTALS",
+    "GroupCommit",
     "Job",
     "Snapshot",
     "Worker",
@@ -325,6 +331,69 @@ class Job:
 
 
 _WRITES: Final = frozenset({"append", "ack", "retry", "dead_letter"})
+_ENOUGH_ROWS: Final = 500  # an append round this large commits without waiting for more
+
+
+def _rows(job: Job) -> int:
+    """Rows an append job writes: its records and its raw dead letters."""
+    return len(job.args[0]) + len(job.args[1])
+
+
+class GroupCommit:
+    """When an append should wait for others before its commit. Pure (times are given).
+
+    Every commit costs an fsync and a round trip between the event loop and the
+    queue thread, whatever it holds. Appends from independent producers that arrive
+    a few milliseconds apart can share one commit if the first waits for the next;
+    the wait delays its acknowledgement by up to ``window_s``. Waiting is worth it
+    only when company comes, so:
+
+    * an append arriving more than ``window_s`` after the previous one never waits
+      (sparse traffic: nobody would join);
+    * a wait that ends with company, or a round that finds appends already queued,
+      earns ``CREDIT`` more waits; a wait that ends alone spends one;
+    * with no credit left (a single producer that posts only after each answer),
+      one wait every ``PROBE_S`` checks whether company has appeared.
+    """
+
+    CREDIT: Final = 8
+    PROBE_S: Final = 1.0
+
+    def __init__(self, window_s: float) -> None:
+        if window_s < 0:
+            raise ValueError("the commit window must not be negative")
+        self.window_s = window_s
+        self.credit = 0
+        self._last_append = float("-inf")
+        self._last_probe = float("-inf")
+        self.waits = 0  # rounds that waited
+        self.joined = 0  # waits that ended with company
+
+    def wait_s(self, now: float) -> float:
+        """How long the append taken at ``now`` should wait for others (0: commit now)."""
+        gap = now - self._last_append
+        self._last_append = now
+        if self.window_s <= 0 or gap > self.window_s:
+            return 0.0
+        if self.credit <= 0:
+            if now - self._last_probe < self.PROBE_S:
+                return 0.0
+            self._last_probe = now
+        return self.window_s
+
+    def done(self, appends: int, waited: bool, ended_at: float) -> None:
+        """A round is ready to commit: ``appends`` appends in it, ``waited`` if it waited
+        for them, gathering until ``ended_at``. The next append's distance is counted
+        from there, so a producer that answers fast after a wait still counts as close."""
+        self._last_append = max(self._last_append, ended_at)
+        if waited:
+            self.waits += 1
+        if appends > 1:
+            self.credit = self.CREDIT
+            if waited:
+                self.joined += 1
+        elif waited:
+            self.credit = max(0, self.credit - 1)
 
 
 @dataclass(eq=False)
@@ -336,6 +405,8 @@ class Worker:
     max_bytes: int
     clock: Callable[[], float]
     publish: Callable[[list[Job], Snapshot | None, bool], None]
+    grouping: GroupCommit = field(default_factory=lambda: GroupCommit(0.0))
+    hurry: threading.Event = field(default_factory=threading.Event)  # ends a commit window
     conn: sqlite3.Connection | None = None
     by_code: dict[str, int] = field(default_factory=dict)
     data_version: int = 0
@@ -406,6 +477,8 @@ class Worker:
             # empty() rather than get_nowait() until Empty: no exception raised per round.
             while len(batch) < _MAX_JOBS_PER_COMMIT and not jobs.empty():
                 batch.append(jobs.get_nowait())  # this thread is the only consumer
+            if first.kind == "append":
+                self._gather(jobs, batch)
             stopping = any(job.kind == "close" for job in batch)
             snap: Snapshot | None = None
             external = False
@@ -427,6 +500,56 @@ class Worker:
             self.publish(batch, snap, external)
             if stopping:
                 return
+
+    def submit(self, jobs: SimpleQueue[Job], job: Job) -> None:
+        """Queue ``job`` for this thread (called from the event loop's thread).
+
+        An append that arrives during a commit window only joins the queue: the thread
+        sleeps through the window and takes it at the end, so each append does not wake
+        it (and the loop's thread, which holds the GIL, is not preempted by it). Any
+        other job, or an append of ``_ENOUGH_ROWS`` rows, ends the window at once."""
+        jobs.put(job)
+        if job.kind != "append" or _rows(job) >= _ENOUGH_ROWS:
+            self.hurry.set()
+
+    def _gather(self, jobs: SimpleQueue[Job], batch: list[Job]) -> None:
+        """Let appends that follow closely join the round (see :class:`GroupCommit`).
+
+        The wait ends at the window's end, or once the round holds another kind of job
+        (a lease, an ack or a close should not sit out the window) or an append of
+        ``_ENOUGH_ROWS`` rows: a commit's fixed cost is small beside that many rows, so
+        such appends (bulk posts, broker batches) never wait."""
+        grouping = self.grouping
+        now = time.monotonic()
+        appends = 0
+        large = False
+        for job in batch:
+            if job.kind == "append":
+                appends += 1
+                large = large or _rows(job) >= _ENOUGH_ROWS
+        wait = grouping.wait_s(now) if len(batch) == 1 and not large else 0.0
+        if wait > 0:
+            deadline = now + wait
+            hurry = self.hurry
+            # Cleared before looking at the queue: a job queued after this line sets it
+            # again, one queued before is found by the look.
+            hurry.clear()
+            while True:
+                ended = False
+                while len(batch) < _MAX_JOBS_PER_COMMIT and not jobs.empty():
+                    job = jobs.get_nowait()
+                    batch.append(job)
+                    if job.kind != "append":
+                        ended = True
+                    else:
+                        appends += 1
+                        ended = ended or _rows(job) >= _ENOUGH_ROWS
+                left = deadline - time.monotonic()
+                if ended or left <= 0 or len(batch) >= _MAX_JOBS_PER_COMMIT:
+                    break
+                hurry.wait(left)
+            now = time.monotonic()
+        grouping.done(appends, wait > 0, now)
 
     def _guarded(self, job: Job, handler: Callable[[Job], Any]) -> None:
         try:

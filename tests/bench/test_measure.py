@@ -143,6 +143,30 @@ def test_limit_drop_settling_and_recovery() -> None:
     assert figures["utilisation_after"] == pytest.approx(1.0)
 
 
+def test_intake_answers_count_from_the_end_of_the_warmup() -> None:
+    """The 202 percentiles cover the posts made after the warmup, and only those."""
+    case = build_cases("quick")["steady"][0]
+    assert case.warmup_s == 1.0
+    answers = [(T0 + 0.5, 9.0)]  # a slow answer during the warmup: left out
+    answers += [(T0 + 1.0 + i / 100, (i + 1) / 1000) for i in range(100)]  # 1..100 ms
+    run = {
+        "t0": T0,
+        "calls": [],
+        "measure_end": 6.0,
+        "samples": [],
+        "final": {},
+        "cpu_s": 1.0,
+        "peak_rss_mb": 50.0,
+        "sent": 0,
+        "intake_answers": answers,
+    }
+    figures = run_figures(case, run)
+    assert figures["intake_p50_ms"] == pytest.approx(50.0)
+    assert figures["intake_p99_ms"] == pytest.approx(99.0)
+    assert "intake_p99_ms" not in run_figures(case, {**run, "intake_answers": []})
+    assert format_figure("intake_p99_ms", 21.4) == "21 ms"
+
+
 def test_figures_are_shown_with_their_units() -> None:
     """Shares as percentages, rates as thousands, durations and sizes with units."""
     assert format_figure("utilisation", 0.983) == "98.3%"

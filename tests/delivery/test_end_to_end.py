@@ -149,8 +149,11 @@ async def test_collection_refusal_falls_back_to_single_records(simulator_factory
             aiohttp.ClientSession() as session,
             session.get(f"{writer.admin.url}/v1/stats") as answer,
         ):
-            lanes = (await answer.json())["delivery"]["lanes"]
-    lane = lanes["dem:sampleTableStg#Ingest"]
+            stats = await answer.json()
+    lane = stats["delivery"]["lanes"]["dem:sampleTableStg#Ingest"]
+    queue = stats["queue"]
+    assert queue["commit_window_ms"] == config.queue.commit_window_ms
+    assert queue["commits"] >= 1 and queue["window_waits"] >= queue["window_joined"] >= 0
     assert lane["collections"] is False
     assert "collection" in lane["collection_fallback"].lower()
     assert len(await simulator.records(SAMPLE)) == 60

@@ -44,7 +44,8 @@ def execute(args: argparse.Namespace) -> int:
     )
     print(
         f"  queue     {config.queue.path} (max {config.queue.max_bytes} bytes, "
-        f"synchronous {config.queue.synchronous})"
+        f"synchronous {config.queue.synchronous}, "
+        f"commit window {config.queue.commit_window_ms:g} ms)"
     )
     print(f"  routes    {routes}")
     if config.sources:
