@@ -408,6 +408,6 @@ def build_cases(mode: str) -> dict[str, list[Case]]:
 
 
 SCENARIOS = tuple(build_cases("quick"))
-# What `make bench` runs in about a minute: throughput at saturation and latency at half
+# What `make bench` runs in about two minutes: throughput at saturation and latency at half
 # capacity, for the writer and every peer. Name more scenarios to add them.
 DEFAULT_QUICK = ("saturation", "steady")

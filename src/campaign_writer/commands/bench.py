@@ -66,7 +66,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         dest="mode",
         action="store_const",
         const="quick",
-        help="short runs, one repeat (the default; about a minute for the default set)",
+        help="short runs, one repeat (the default; about two minutes for the default set)",
     )
     mode.add_argument(
         "--full",
