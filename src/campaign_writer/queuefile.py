@@ -331,7 +331,7 @@ class Job:
 
 
 _WRITES: Final = frozenset({"append", "ack", "retry", "dead_letter"})
-_ENOUGH_ROWS: Final = 500  # an append round this large commits without waiting for more
+_ENOUGH_ROWS: Final = 500  # an append this large never waits, and ends a window it joins
 
 
 def _rows(job: Job) -> int:
@@ -348,24 +348,32 @@ class GroupCommit:
     the wait delays its acknowledgement by up to ``window_s``. Waiting is worth it
     only when company comes, so:
 
-    * an append arriving more than ``window_s`` after the previous one never waits
-      (sparse traffic: nobody would join);
+    * an append arriving more than ``window_s`` after the previous round stopped
+      gathering never waits (sparse traffic: nobody would join); that distance
+      includes the commit, so a window shorter than a commit never waits, and then
+      appends pile up behind the slow commits and share them anyway;
     * a wait that ends with company, or a round that finds appends already queued,
-      earns ``CREDIT`` more waits; a wait that ends alone spends one;
+      restores the credit to ``CREDIT`` waits; a wait that ends alone spends one (a
+      wait cut short by another kind of job spends nothing: nobody had time to join);
     * with no credit left (a single producer that posts only after each answer),
-      one wait every ``PROBE_S`` checks whether company has appeared.
+      one wait checks whether company has appeared, at most once every
+      ``probe_s`` (``PROBE_S``, or 50 windows for long windows) after the last
+      check ended: such a producer spends at most about 2% of its time waiting.
     """
 
     CREDIT: Final = 8
     PROBE_S: Final = 1.0
+    PROBE_WINDOWS: Final = 50
 
     def __init__(self, window_s: float) -> None:
         if window_s < 0:
             raise ValueError("the commit window must not be negative")
         self.window_s = window_s
+        self.probe_s = max(self.PROBE_S, self.PROBE_WINDOWS * window_s)
         self.credit = 0
         self._last_append = float("-inf")
         self._last_probe = float("-inf")
+        self._probing = False
         self.waits = 0  # rounds that waited
         self.joined = 0  # waits that ended with company
 
@@ -376,23 +384,27 @@ class GroupCommit:
         if self.window_s <= 0 or gap > self.window_s:
             return 0.0
         if self.credit <= 0:
-            if now - self._last_probe < self.PROBE_S:
+            if now - self._last_probe < self.probe_s:
                 return 0.0
-            self._last_probe = now
+            self._probing = True
         return self.window_s
 
-    def done(self, appends: int, waited: bool, ended_at: float) -> None:
+    def done(self, appends: int, waited: bool, ended_at: float, cut: bool = False) -> None:
         """A round is ready to commit: ``appends`` appends in it, ``waited`` if it waited
-        for them, gathering until ``ended_at``. The next append's distance is counted
-        from there, so a producer that answers fast after a wait still counts as close."""
+        for them, gathering until ``ended_at``; ``cut`` if another kind of job ended the
+        wait early. The next append's distance is counted from ``ended_at``, so a
+        producer that answers fast after a wait still counts as close."""
         self._last_append = max(self._last_append, ended_at)
+        if self._probing:
+            self._probing = False
+            self._last_probe = ended_at
         if waited:
             self.waits += 1
         if appends > 1:
             self.credit = self.CREDIT
             if waited:
                 self.joined += 1
-        elif waited:
+        elif waited and not cut:
             self.credit = max(0, self.credit - 1)
 
 
@@ -477,12 +489,11 @@ class Worker:
             # empty() rather than get_nowait() until Empty: no exception raised per round.
             while len(batch) < _MAX_JOBS_PER_COMMIT and not jobs.empty():
                 batch.append(jobs.get_nowait())  # this thread is the only consumer
-            if first.kind == "append":
-                self._gather(jobs, batch)
-            stopping = any(job.kind == "close" for job in batch)
             snap: Snapshot | None = None
             external = False
             try:
+                if first.kind == "append":
+                    self._gather(jobs, batch)
                 writes = [job for job in batch if job.kind in _WRITES]
                 # A write transaction looks for commits by others itself, under its lock.
                 external = self._write(writes) if writes else self._notice_others(idle=False)
@@ -495,6 +506,7 @@ class Worker:
                 log.exception("queue worker failed a round of jobs")
                 for job in batch:
                     job.error = QueueError(f"internal queue error: {exc!r}")
+            stopping = any(job.kind == "close" for job in batch)
             if stopping:
                 self.close()
             self.publish(batch, snap, external)
@@ -508,8 +520,9 @@ class Worker:
         sleeps through the window and takes it at the end, so each append does not wake
         it (and the loop's thread, which holds the GIL, is not preempted by it). Any
         other job, or an append of ``_ENOUGH_ROWS`` rows, ends the window at once."""
+        ends_window = job.kind != "append" or _rows(job) >= _ENOUGH_ROWS
         jobs.put(job)
-        if job.kind != "append" or _rows(job) >= _ENOUGH_ROWS:
+        if ends_window:
             self.hurry.set()
 
     def _gather(self, jobs: SimpleQueue[Job], batch: list[Job]) -> None:
@@ -522,7 +535,7 @@ class Worker:
         grouping = self.grouping
         now = time.monotonic()
         appends = 0
-        large = False
+        large = cut = False
         for job in batch:
             if job.kind == "append":
                 appends += 1
@@ -540,7 +553,7 @@ class Worker:
                     job = jobs.get_nowait()
                     batch.append(job)
                     if job.kind != "append":
-                        ended = True
+                        ended = cut = True
                     else:
                         appends += 1
                         ended = ended or _rows(job) >= _ENOUGH_ROWS
@@ -549,7 +562,7 @@ class Worker:
                     break
                 hurry.wait(left)
             now = time.monotonic()
-        grouping.done(appends, wait > 0, now)
+        grouping.done(appends, wait > 0, now, cut)
 
     def _guarded(self, job: Job, handler: Callable[[Job], Any]) -> None:
         try:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from campaign_writer.errors import QueueError
 from campaign_writer.queue import DurableQueue
 from campaign_writer.queuefile import _ENOUGH_ROWS, GroupCommit
 from tests.queue.support import items, rows
@@ -58,6 +59,32 @@ def test_concurrent_producers_keep_the_window() -> None:
     assert policy.credit == GroupCommit.CREDIT
 
 
+def test_a_wait_cut_short_by_another_job_spends_no_credit() -> None:
+    policy = GroupCommit(WINDOW)
+    policy.credit = 3
+    policy.wait_s(0.0)
+    assert policy.wait_s(0.005) == WINDOW
+    policy.done(1, True, 0.006, cut=True)  # a lease came 1 ms in: nobody had time to join
+    assert policy.credit == 3
+    assert policy.wait_s(0.008) == WINDOW
+    policy.done(1, True, 0.028)  # this one ran its course alone
+    assert policy.credit == 2
+
+
+def test_long_windows_are_probed_rarely() -> None:
+    """A serial producer spends about 2% of its time in probes whatever the window."""
+    for window in (0.02, 0.2, 1.0):
+        policy = GroupCommit(window)
+        assert policy.probe_s == max(GroupCommit.PROBE_S, 50 * window)
+        now = waited = 0.0
+        while now < 120.0:
+            wait = policy.wait_s(now)
+            waited += wait
+            policy.done(1, wait > 0, now + wait)
+            now += wait + 0.003  # the commit and the next post
+        assert waited / now <= 0.025, (window, waited / now)
+
+
 def test_a_serial_producer_is_probed_once_a_second() -> None:
     """Each append comes 2 ms after the previous answer and nobody ever joins: after the
     first lonely wait, only one append a second waits (a probe)."""
@@ -76,8 +103,8 @@ def test_a_serial_producer_is_probed_once_a_second() -> None:
 
 
 def test_credit_runs_out_after_lonely_waits() -> None:
-    """Company earns CREDIT waits; each wait that ends alone spends one. Then one probe
-    (none has been made yet), then nothing until a second has passed."""
+    """Company restores CREDIT waits; each wait that ends alone spends one. Then one
+    probe (none has been made yet), then nothing until a second after it ended."""
     policy = GroupCommit(WINDOW)
     policy.wait_s(0.0)
     policy.done(4, False, 0.0)  # appends were already queued: concurrency is evident
@@ -92,8 +119,8 @@ def test_credit_runs_out_after_lonely_waits() -> None:
         now += WINDOW + 0.002
     assert lonely == GroupCommit.CREDIT + 1
     assert policy.credit == 0
-    probe = now - (WINDOW + 0.002)
-    while now < probe + GroupCommit.PROBE_S:
+    probe_ended = now - 0.002  # the last wait (the probe) ended there
+    while now < probe_ended + GroupCommit.PROBE_S:
         assert policy.wait_s(now) == 0.0
         policy.done(1, False, now)
         now += 0.002
@@ -104,7 +131,9 @@ async def test_appends_close_together_share_commits(tmp_path: Path) -> None:
     """Forty appends started 5 ms apart, none waiting for another's answer: with a
     100 ms window they go to disk in a handful of commits, and every record is kept."""
     path = tmp_path / "queue.sqlite3"
-    queue = await DurableQueue.open(path, commit_window_s=0.1)
+    # NORMAL: commits as quick as the disk allows none to be, so they never group of
+    # themselves (appends queued behind a slow commit share it without waiting).
+    queue = await DurableQueue.open(path, synchronous="NORMAL", commit_window_s=0.1)
     try:
         before = queue.commits
         tasks = []
@@ -135,7 +164,8 @@ async def test_a_serial_producer_is_not_kept_waiting(tmp_path: Path) -> None:
     finally:
         await queue.close()
     assert stats["window_joined"] == 0
-    assert 1 <= stats["window_waits"] <= 1 + elapsed / GroupCommit.PROBE_S, (stats, elapsed)
+    assert queue.grouping.probe_s == 15.0  # 50 windows
+    assert 1 <= stats["window_waits"] <= 1 + elapsed / queue.grouping.probe_s, (stats, elapsed)
 
 
 async def _waiting_append(queue: DurableQueue) -> asyncio.Task[None]:
@@ -199,3 +229,22 @@ async def test_a_large_append_ends_the_window(tmp_path: Path) -> None:
         assert (queue.grouping.waits, queue.grouping.joined) == (1, 1)
     finally:
         await queue.close()
+
+
+async def test_a_failure_while_gathering_fails_the_round_not_the_thread(tmp_path: Path) -> None:
+    """A bug in the window's code answers the appends of that round with an error; the
+    queue thread carries on with the next ones."""
+    queue = await DurableQueue.open(tmp_path / "queue.sqlite3", commit_window_s=0.05)
+    try:
+
+        def broken(now: float) -> float:
+            raise RuntimeError("broken policy")
+
+        queue.grouping.wait_s = broken  # type: ignore[method-assign]
+        with pytest.raises(QueueError, match="internal queue error"):
+            await asyncio.wait_for(queue.append(items("lost-", 1)), 10)
+        del queue.grouping.wait_s
+        await asyncio.wait_for(queue.append(items("kept-", 1)), 10)
+    finally:
+        await asyncio.wait_for(queue.close(), 10)
+    assert rows(tmp_path / "queue.sqlite3", "SELECT key FROM records") == [("kept-0",)]
