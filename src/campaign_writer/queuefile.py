@@ -339,6 +339,11 @@ def _rows(job: Job) -> int:
     return len(job.args[0]) + len(job.args[1])
 
 
+def _ends_window(job: Job) -> bool:
+    """Whether ``job`` commits without a window, and ends one it arrives in."""
+    return job.kind != "append" or _rows(job) >= _ENOUGH_ROWS
+
+
 class GroupCommit:
     """When an append should wait for others before its commit. Pure (times are given).
 
@@ -520,7 +525,7 @@ class Worker:
         sleeps through the window and takes it at the end, so each append does not wake
         it (and the loop's thread, which holds the GIL, is not preempted by it). Any
         other job, or an append of ``_ENOUGH_ROWS`` rows, ends the window at once."""
-        ends_window = job.kind != "append" or _rows(job) >= _ENOUGH_ROWS
+        ends_window = _ends_window(job)
         jobs.put(job)
         if ends_window:
             self.hurry.set()
@@ -534,13 +539,9 @@ class Worker:
         such appends (bulk posts, broker batches) never wait."""
         grouping = self.grouping
         now = time.monotonic()
-        appends = 0
-        large = cut = False
-        for job in batch:
-            if job.kind == "append":
-                appends += 1
-                large = large or _rows(job) >= _ENOUGH_ROWS
-        wait = grouping.wait_s(now) if len(batch) == 1 and not large else 0.0
+        appends = sum(1 for job in batch if job.kind == "append")
+        cut = False
+        wait = grouping.wait_s(now) if len(batch) == 1 and not _ends_window(batch[0]) else 0.0
         if wait > 0:
             deadline = now + wait
             hurry = self.hurry
@@ -552,11 +553,11 @@ class Worker:
                 while len(batch) < _MAX_JOBS_PER_COMMIT and not jobs.empty():
                     job = jobs.get_nowait()
                     batch.append(job)
-                    if job.kind != "append":
-                        ended = cut = True
-                    else:
+                    if job.kind == "append":
                         appends += 1
-                        ended = ended or _rows(job) >= _ENOUGH_ROWS
+                    if _ends_window(job):
+                        ended = True
+                        cut = cut or job.kind != "append"
                 left = deadline - time.monotonic()
                 if ended or left <= 0 or len(batch) >= _MAX_JOBS_PER_COMMIT:
                     break
