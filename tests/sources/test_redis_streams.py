@@ -53,6 +53,10 @@ async def pending(client: aioredis.Redis, stream: str) -> int:
     return int(summary["pending"])
 
 
+async def _no_pending(client: aioredis.Redis, stream: str) -> bool:
+    return await pending(client, stream) == 0
+
+
 async def test_every_event_is_committed_then_acked(
     client: aioredis.Redis, intake_factory: IntakeFactory, sources: list, unique: str
 ) -> None:
@@ -172,15 +176,18 @@ async def test_killed_connection_reconnects_and_loses_nothing(
     await source.start()
     await publish(client, unique, [body for _, body in events[:3_000]])
     await eventually(lambda: intake.sample("source_acked_total", "redis") >= 400)
-    assert proxy.cut() >= 1
+    cut = proxy.cut()
+    assert cut >= 1
     proxy.refuse(0.3)
     await publish(client, unique, [body for _, body in events[3_000:]])
     keys = await collect([intake], [key for key, _ in events])
     assert set(keys) == {key for key, _ in events}
     assert intake.sample("source_reconnects_total", "redis") >= 1
-    await eventually(
-        lambda: intake.sample("source_acked_total", "redis") >= 6_000, what="all acked"
-    )
+    # Redis holds nothing pending: every entry was acked, none waits for redelivery.
+    await eventually(lambda: _no_pending(client, unique), what="no pending entries")
+    # An XACK that Redis ran but whose reply the cut lost is not counted (the source
+    # cannot know it worked); at most one batch per cut connection.
+    assert intake.sample("source_acked_total", "redis") >= 6_000 - 200 * cut
 
 
 async def test_server_side_client_kill_is_survived(
