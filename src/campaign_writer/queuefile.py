@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import sqlite3
 import threading
 import time
@@ -277,7 +276,14 @@ def insert_records(conn: sqlite3.Connection, items: Sequence[QueueItem]) -> list
         sql = _inserts.get(rows)
         if sql is None:
             sql = _inserts[rows] = _INSERT_RECORDS + ", (?, ?, ?, ?, ?, ?)" * (rows - 1)
-        cursor = conn.execute(sql, list(itertools.chain.from_iterable(items[start : start + rows])))
+        # The blobs go in as bytearrays: sqlite3 binds those directly, while every bytes
+        # parameter first goes through its adapter lookup, which cost more than the copy.
+        params = [
+            value
+            for lane, key, record, event, source, created_at in items[start : start + rows]
+            for value in (lane, key, bytearray(record), bytearray(event), source, created_at)
+        ]
+        cursor = conn.execute(sql, params)
         last = cursor.lastrowid
         assert last is not None
         ids.extend(range(last - rows + 1, last + 1))
@@ -722,10 +728,14 @@ class Worker:
             totals[1] -= sum(s for (s,) in sizes)
             return len(sizes)
         # No RETURNING: a Python tuple per deleted row cost more than the delete itself.
-        deleted = conn.execute(
-            "DELETE FROM records WHERE id IN (SELECT value FROM json_each(?))",
-            (orjson.dumps(ids),),
-        ).rowcount
+        runs = _runs(ids)
+        if runs is not None:
+            deleted = conn.executemany(_DELETE_RUN, runs).rowcount
+        else:
+            deleted = conn.execute(
+                "DELETE FROM records WHERE id IN (SELECT value FROM json_each(?))",
+                (orjson.dumps(ids),),
+            ).rowcount
         if deleted != len(ids):
             # Some rows were already gone (another process?): recount rather than guess.
             count, total = conn.execute(
@@ -818,6 +828,35 @@ class Worker:
                 (cursor, limit),
             ).fetchall()
         return due, fresh
+
+
+_DELETE_RUN: Final = "DELETE FROM records WHERE id BETWEEN ? AND ?"
+_MAX_RUNS_SHARE: Final = 8  # ranges pay off while a run holds this many ids on average
+
+
+def _runs(ids: Sequence[int]) -> list[tuple[int, int]] | None:
+    """``ids`` as runs of consecutive ids ``(first, last)``, or None when scattered.
+
+    A batch's records were mostly appended one after another, so their ids form a few
+    runs. Deleting a run walks the table once; ``IN (json_each)`` looks every id up
+    (about a third more CPU per record on a 500-record ack). Ids in no order, or
+    repeated, are sorted and counted once here; the caller still compares the rows
+    deleted with ``len(ids)``.
+    """
+    if not ids:
+        return None
+    ordered = sorted(set(ids))
+    runs: list[tuple[int, int]] = []
+    first = last = ordered[0]
+    for record_id in ordered:
+        if record_id > last + 1:
+            runs.append((first, last))
+            if len(runs) * _MAX_RUNS_SHARE > len(ordered):
+                return None
+            first = record_id
+        last = record_id
+    runs.append((first, last))
+    return runs if len(runs) * _MAX_RUNS_SHARE <= len(ordered) or len(runs) == 1 else None
 
 
 class _Refused(Exception):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from campaign_writer.queue import DurableQueue
-from campaign_writer.queuefile import insert_records, open_connection
+from campaign_writer.queuefile import _runs, insert_records, open_connection
 from tests.queue.support import WallClock, append_elsewhere, item, items, rows
 
 
@@ -149,6 +149,66 @@ async def test_byte_totals_stay_exact_when_acked_rows_were_already_gone(tmp_path
         assert (stats.depth, stats.bytes) == (count, int(size)) == (3, stats.bytes)
         await queue.ack([r.id for r in leased[3:]])
         assert (queue.stats().depth, queue.stats().bytes) == (0, 0)
+    finally:
+        await queue.close()
+
+
+async def test_records_and_events_are_stored_as_blobs_byte_for_byte(tmp_path: Path) -> None:
+    """What an append stores, and what a lease from the file reads back, are the bytes it
+    was given, as BLOBs (the insert binds them as bytearrays, which must not change that)."""
+    path = tmp_path / "q.sqlite3"
+    given = items("b", 70)  # a 64-row statement and a 6-row one
+    queue = await DurableQueue.open(path)
+    try:
+        await queue.append(given)
+    finally:
+        await queue.close()
+    stored = rows(
+        path, "SELECT typeof(record), typeof(event), record, event FROM records ORDER BY id"
+    )
+    assert stored == [("blob", "blob", g.record, g.event) for g in given]
+    queue = await DurableQueue.open(path)
+    try:
+        leased = await queue.lease(100)
+        assert [(type(r.record), r.record) for r in leased] == [(bytes, g.record) for g in given]
+    finally:
+        await queue.close()
+
+
+def test_ack_ids_become_runs_only_when_they_are_mostly_consecutive() -> None:
+    """Runs of consecutive ids, in order and counted once; None when too scattered."""
+    assert _runs([7, 3, 4, 5, 6, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]) == [
+        (3, 7),
+        (10, 20),
+    ]
+    assert _runs([5]) == [(5, 5)]
+    assert _runs([9, 9, 8, 8]) == [(8, 9)]
+    assert _runs([]) is None
+    assert _runs(list(range(0, 64, 2))) is None  # 32 runs of one
+    assert _runs([*range(32), 40]) == [(0, 31), (40, 40)]
+    # Eight ids per run on average is still worth ranges; seven is not.
+    assert _runs([i for start in (0, 100) for i in range(start, start + 8)]) is not None
+    assert _runs([i for start in (0, 100) for i in range(start, start + 7)]) is None
+
+
+@pytest.mark.parametrize("scattered", [False, True])
+async def test_ack_deletes_exactly_the_acked_records(tmp_path: Path, scattered: bool) -> None:
+    """Whether the acked ids form runs or are scattered, exactly those rows go, and depth
+    and bytes still match the file."""
+    path = tmp_path / "q.sqlite3"
+    queue = await DurableQueue.open(path)
+    try:
+        await queue.append(items("k", 200, size=50))
+        leased = await queue.lease(200)
+        chosen = leased[::3] if scattered else leased[10:60] + leased[100:150] + leased[199:]
+        await queue.ack(reversed([r.id for r in chosen]))
+        kept = sorted({r.id for r in leased} - {r.id for r in chosen})
+        assert [row[0] for row in rows(path, "SELECT id FROM records ORDER BY id")] == kept
+        ((count, size),) = rows(
+            path, "SELECT count(*), total(length(record) + length(event) + 64) FROM records"
+        )
+        assert (queue.stats().depth, queue.stats().bytes) == (count, int(size))
+        assert count == len(kept)
     finally:
         await queue.close()
 
