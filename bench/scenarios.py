@@ -262,6 +262,16 @@ def build_cases(mode: str) -> dict[str, list[Case]]:
         figures=large_posts.figures,
         writer_sets=("queue.commit_window_ms=0",),
     )
+    short_window = replace(
+        no_window,
+        name="steady/window-20ms",
+        description=(
+            "The steady case (50 events per post) with queue.commit_window_ms = 20, half "
+            "the default: between no window and the default, in writer CPU and in the "
+            "time to the 202 answer."
+        ),
+        writer_sets=("queue.commit_window_ms=20",),
+    )
     return {
         "saturation": [
             _saturation(
@@ -273,7 +283,7 @@ def build_cases(mode: str) -> dict[str, list[Case]]:
                 f"ceiling {TPS:g} x {MAX_RECORDS}.",
             )
         ],
-        "steady": [steady, large_posts, normal_sync, no_window],
+        "steady": [steady, large_posts, normal_sync, no_window, short_window],
         "slow-campaign": [
             replace(
                 _saturation(

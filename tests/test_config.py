@@ -150,7 +150,7 @@ def test_defaults_fill_every_section_not_written() -> None:
         "var/queue.sqlite3",
         1 << 30,
         "FULL",
-        20.0,
+        40.0,
     )
     assert (config.http.listen, config.http.token, config.http.max_body_bytes) == (
         "127.0.0.1:8080",

@@ -115,7 +115,7 @@ class QueueConfig:
     path: Path = Path("var/queue.sqlite3")
     max_bytes: int = _GIB
     synchronous: Synchronous = "FULL"
-    commit_window_ms: float = 20.0
+    commit_window_ms: float = 40.0
 
 
 @dataclass(frozen=True)
