@@ -185,6 +185,7 @@ def test_ack_ids_become_runs_only_when_they_are_mostly_consecutive() -> None:
     assert _runs([9, 9, 8, 8]) == [(8, 9)]
     assert _runs([]) is None
     assert _runs(list(range(0, 64, 2))) is None  # 32 runs of one
+    assert _runs(list(range(0, 64, 2)) * 8) is None  # repeats do not make runs longer
     assert _runs([*range(32), 40]) == [(0, 31), (40, 40)]
     # Eight ids per run on average is still worth ranges; seven is not.
     assert _runs([i for start in (0, 100) for i in range(start, start + 8)]) is not None
