@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from campaign_writer import soap
-from campaign_writer.codes import INVALID_LOGIN, SESSION_EXPIRED
 from campaign_writer.outcome import AuthExpired, Fatal, Ok
+from campaign_writer.simulator.codes import INVALID_LOGIN, SESSION_EXPIRED
 from tests.support.simulator import FakeClock
 
 DOC = '<sampleTableStg xtkschema="dem:sampleTableStg" _key="@id" id="{}" testcol1="v"/>'

@@ -7,8 +7,8 @@ import re
 from lxml import etree
 
 from campaign_writer import soap
-from campaign_writer.codes import COLLECTION_UNSUPPORTED
 from campaign_writer.outcome import Ok, Reject
+from campaign_writer.simulator.codes import COLLECTION_UNSUPPORTED
 
 STG = "dem:sampleTableStg"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")

@@ -6,8 +6,8 @@ import pytest
 from lxml import etree
 
 from campaign_writer import soap
-from campaign_writer.codes import METHOD_UNKNOWN, SESSION_EXPIRED
 from campaign_writer.outcome import AuthExpired, Fatal, Ok, Reject
+from campaign_writer.simulator.codes import METHOD_UNKNOWN, SESSION_EXPIRED
 
 XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 ROUTER = "/nl/jsp/soaprouter.jsp"

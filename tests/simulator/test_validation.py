@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from campaign_writer import soap
-from campaign_writer.codes import (
+from campaign_writer.outcome import Fatal, Ok, Reject
+from campaign_writer.simulator.codes import (
     ACCESS_DENIED,
     BAD_VALUE,
     EXECUTION_ERROR,
@@ -15,7 +16,6 @@ from campaign_writer.codes import (
     UNKNOWN_ATTRIBUTE,
     UNKNOWN_SCHEMA,
 )
-from campaign_writer.outcome import Fatal, Ok, Reject
 
 STG = "dem:sampleTableStg"
 

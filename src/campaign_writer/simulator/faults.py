@@ -46,7 +46,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from ..codes import EXECUTION_ERROR, METHOD_UNKNOWN, SAVE_FAILED, SESSION_EXPIRED
+from .codes import EXECUTION_ERROR, METHOD_UNKNOWN, SAVE_FAILED, SESSION_EXPIRED
 
 __all__ = [
     "HOSTILE_KINDS",

@@ -30,7 +30,8 @@ from typing import NamedTuple
 
 from lxml import etree
 
-from ..codes import (
+from .auth import Principal
+from .codes import (
     ACCESS_DENIED,
     BAD_VALUE,
     COLLECTION_UNSUPPORTED,
@@ -39,7 +40,6 @@ from ..codes import (
     UNKNOWN_ATTRIBUTE,
     UNKNOWN_SCHEMA,
 )
-from .auth import Principal
 from .faults import SimFault, execution_fault, poisoned, record_fault
 from .schemas import Catalog, Schema
 from .tables import COMMITTED_AT, UUID, Store, Table, new_uuids

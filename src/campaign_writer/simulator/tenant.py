@@ -26,9 +26,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from ..codes import INVALID_LOGIN
 from .auth import AuthState, Principal
 from .calllog import CallLog
+from .codes import INVALID_LOGIN
 from .config import SimulatorConfig
 from .faults import KINDS, FaultPlan, SimFault, execution_fault, unknown_method
 from .limits import ConcurrencyGate, Limiter, make_limiter
