@@ -114,6 +114,22 @@ def test_validate_accepts_the_example_and_exits_zero(capsys: pytest.CaptureFixtu
     assert "sample -> dem:sampleTableStg (Ingest)" in out
 
 
+def test_validate_warns_about_an_ingest_route_without_a_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An unkeyed Ingest route is legal but stores resends twice: a warning, exit 0."""
+    assert main(["validate", "--config", str(EXAMPLE)]) == 0
+    assert "warning:" not in capsys.readouterr().out
+    text = EXAMPLE.read_text(encoding="utf-8").replace('key = ["id"]\n', "", 1)
+    assert text != EXAMPLE.read_text(encoding="utf-8")
+    unkeyed = tmp_path / "unkeyed.toml"
+    unkeyed.write_text(text, encoding="utf-8")
+    assert main(["validate", "--config", str(unkeyed)]) == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert len(warnings) == 1
+    assert "route 'sample'" in warnings[0] and "twice" in warnings[0]
+
+
 def test_validate_prints_every_problem_with_its_key_path(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

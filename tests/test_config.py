@@ -71,12 +71,13 @@ def problems_of(data: dict[str, Any], overrides: list[str] | None = None) -> lis
     return caught.value.problems
 
 
-def test_example_loads_with_the_issue_routes_and_session_auth() -> None:
-    """config/example.toml is valid: session auth admin/admin and the two routes of the issue."""
+def test_example_loads_with_the_issue_routes_and_ims_auth() -> None:
+    """config/example.toml is valid: IMS auth (the simulator's account) and the two routes."""
     config = load(EXAMPLE)
-    assert config.campaign.auth.mode == "session"
-    assert config.campaign.auth.login == "admin"
-    assert config.campaign.auth.password == Secret("admin")
+    assert config.campaign.auth.mode == "ims"
+    assert config.campaign.auth.client_id == "sim-client"
+    assert config.campaign.auth.client_secret == Secret("sim-secret")
+    assert config.campaign.auth.scope
     sample, recipient = config.routes
     assert (sample.schema, sample.method, sample.key_spec) == (
         "dem:sampleTableStg",
@@ -130,8 +131,9 @@ def test_local_config_is_the_make_run_setup() -> None:
     config = load(LOCAL)
     assert config.http.listen == "127.0.0.1:8080"
     assert config.campaign.url == "http://127.0.0.1:8081"
-    assert config.campaign.auth.mode == "session"
-    assert (config.campaign.auth.login, config.campaign.auth.password) == ("admin", Secret("admin"))
+    auth = config.campaign.auth
+    assert (auth.mode, auth.ims_url) == ("ims", "http://127.0.0.1:8081/ims/token/v3")
+    assert (auth.client_id, auth.client_secret) == ("sim-client", Secret("sim-secret"))
     assert config.queue.path.parts[0] == "var"
     assert [r.name for r in config.routes] == ["sample", "recipient"]
 
@@ -225,6 +227,15 @@ def test_missing_required_keys_and_auth_needs_are_reported() -> None:
     ims = problems_of(minimal(campaign__auth={"mode": "ims"}))
     assert "campaign.auth.client_id: is required for mode 'ims'" in ims
     assert any(p.startswith("campaign.auth.client_secret: is required") for p in ims)
+
+
+@pytest.mark.parametrize("mode", ["ims", "bearer_logon"])
+def test_scope_is_required_for_ims_modes(mode: str) -> None:
+    """IMS needs a scope in every token request: a config without one names the key."""
+    auth = {"mode": mode, "client_id": "c", "client_secret": "s"}
+    problems = problems_of(minimal(campaign__auth=auth))
+    assert [p for p in problems if p.startswith("campaign.auth.scope: is required")] == problems
+    assert from_mapping(minimal(campaign__auth={**auth, "scope": "openid"}))
 
 
 def test_set_overrides_any_key_with_toml_literals_or_text() -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 from .documents import StagingRecord, parse_fragment, render_fragment
+from .evidence import LaneHealth, Strike
 
 __all__ = ["Batch", "Batcher", "Entry", "Lane", "LaneId", "merge_operations"]
 
@@ -73,6 +74,9 @@ class Entry:
     created_at: float  # wall-clock intake time of the oldest record merged in
     arrived: float  # batcher clock when the oldest record reached the lane
     size: int
+    # Failures of this entry sent alone (see campaign_writer.evidence). An entry with
+    # strikes is sent alone and merges with nothing, so a verdict is about it only.
+    strikes: tuple[Strike, ...] = ()
 
     @classmethod
     def of(
@@ -91,6 +95,8 @@ class Entry:
 
     def absorb(self, newer: Entry) -> bool:
         """Merge ``newer`` (same key, later) into this entry; False if they cannot merge."""
+        if self.strikes or newer.strikes:
+            return False
         mine = parse_fragment(self.fragment)
         theirs = parse_fragment(newer.fragment)
         ok, operation = merge_operations(mine.operation, theirs.operation)
@@ -110,6 +116,7 @@ class Batch:
     lane: Lane
     entries: list[Entry]
     collection: bool
+    probe: bool = False  # one record sent to see whether a suspect lane works again
 
     @property
     def record_count(self) -> int:
@@ -131,7 +138,8 @@ class Lane:
     failures: int = 0
     blocked: bool = False  # every pending key is held: wait for a release
     merges: int = 0
-    clean_bisections: int = 0  # see Dispatcher._bisect
+    health: LaneHealth = field(default_factory=LaneHealth)
+    probing: bool = False  # a probe of this suspect lane is under way
 
     def __post_init__(self) -> None:
         self.collections = self.mode != "never"
@@ -172,8 +180,12 @@ class Lane:
         self.count += added
         self.bytes += size
 
-    def put_back(self, entries: Iterable[Entry]) -> None:
-        """Return unsent or failed entries to the front, before newer ones of their key."""
+    def put_back(self, entries: Iterable[Entry], *, rotate: bool = False) -> None:
+        """Return unsent or failed entries before newer ones of their key.
+
+        Their keys go to the front of the lane, or with ``rotate`` to the back, so that
+        a suspect lane's probes try other records next.
+        """
         for entry in reversed(list(entries)):
             slot = self._slot(entry)
             chain = self.pending.get(slot)
@@ -187,19 +199,26 @@ class Lane:
                     self.bytes -= newer.size
                 else:
                     chain.insert(0, entry)
-            self.pending.move_to_end(slot, last=False)
+            self.pending.move_to_end(slot, last=rotate)
             self.count += 1
             self.bytes += entry.size
         self.blocked = False
 
     def take(self, max_records: int, max_bytes: int) -> list[Entry]:
-        """Up to ``max_records`` / ``max_bytes`` of sendable entries; their keys become held."""
-        limit = max_records if self.collections else 1
+        """Up to ``max_records`` / ``max_bytes`` of sendable entries; their keys become held.
+
+        A suspect lane gives one entry at a time, and an entry with strikes goes alone.
+        """
+        limit = max_records if self.collections and not self.health.suspect else 1
         chosen: list[Hashable] = []
         size = 0
         for slot, chain in self.pending.items():
             if slot in self.held:
                 continue
+            if chain[0].strikes:
+                if chosen:
+                    continue
+                limit = 1
             entry_size = chain[0].size
             if chosen and size + entry_size > max_bytes:
                 break
@@ -231,7 +250,7 @@ class Lane:
     def ready_at(self, linger_s: float, max_records: int, max_bytes: int) -> float | None:
         """When this lane should flush (batcher clock), or None if it has nothing to send."""
         oldest = self.oldest_arrival
-        if oldest is None or self.blocked:
+        if oldest is None or self.blocked or self.probing:
             return None
         full = self.count >= (max_records if self.collections else 1) or self.bytes >= max_bytes
         due = self.not_before if full else max(self.not_before, oldest + linger_s)
@@ -301,16 +320,25 @@ class Batcher:
         entries = best.take(self.max_records, self.max_bytes)
         if not entries:
             return self.next_batch(now)  # that lane was blocked after all; look again
-        return Batch(best, entries, best.collections), None
+        probe = best.health.suspect
+        best.probing = probe
+        alone = probe or bool(entries[0].strikes)
+        return Batch(best, entries, best.collections and not alone, probe), None
 
     def finished(self, batch: Batch, entries: Iterable[Entry]) -> None:
         """Entries of ``batch`` reached a final state (acked or dead-lettered)."""
         entries = list(entries)
         self.pending -= sum(len(e.ids) for e in entries)
-        batch.lane.release(entries)
+        self._ended(batch, entries)
 
-    def put_back(self, batch: Batch, entries: Iterable[Entry]) -> None:
+    def put_back(self, batch: Batch, entries: Iterable[Entry], *, rotate: bool = False) -> None:
         """Entries of ``batch`` go back to their lane, before newer ones of their keys."""
         entries = list(entries)
+        self._ended(batch, entries)
+        batch.lane.put_back(entries, rotate=rotate)
+
+    @staticmethod
+    def _ended(batch: Batch, entries: list[Entry]) -> None:
         batch.lane.release(entries)
-        batch.lane.put_back(entries)
+        if batch.probe:
+            batch.lane.probing = False

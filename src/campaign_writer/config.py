@@ -148,6 +148,10 @@ class RetryConfig:
     max_age_s: float = 3 * 3600.0
     initial_backoff_s: float = 0.5
     max_backoff_s: float = 10.0
+    record_failures: int = 3
+    suspect_after: int = 4
+    fault_pause_initial_s: float = 1.0
+    fault_pause_max_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -373,6 +377,12 @@ def _read_auth(section: Section) -> AuthConfig:
     elif mode in ("bearer_logon", "ims"):
         if not config.client_id:
             section.problem("client_id", f"is required for mode {mode!r}")
+        if not config.scope.strip():
+            section.problem(
+                "scope",
+                f"is required for mode {mode!r}: IMS needs it in every token request;"
+                " copy it from the credential in Adobe's Developer Console",
+            )
         if config.client_secret is None and not section.problems_for("client_secret"):
             section.problem(
                 "client_secret",
@@ -467,9 +477,15 @@ def _read_retry(section: Section) -> RetryConfig:
         max_age_s=section.duration("max_age", 3 * 3600.0),
         initial_backoff_s=section.duration("initial_backoff_s", 0.5),
         max_backoff_s=section.duration("max_backoff_s", 10.0),
+        record_failures=section.integer("record_failures", 3, minimum=1, maximum=10),
+        suspect_after=section.integer("suspect_after", 4, minimum=2, maximum=50),
+        fault_pause_initial_s=section.duration("fault_pause_initial_s", 1.0),
+        fault_pause_max_s=section.duration("fault_pause_max_s", 60.0),
     )
     if config.max_backoff_s < config.initial_backoff_s:
         section.problem("max_backoff_s", "must not be shorter than initial_backoff_s")
+    if config.fault_pause_max_s < config.fault_pause_initial_s:
+        section.problem("fault_pause_max_s", "must not be shorter than fault_pause_initial_s")
     section.finish()
     return config
 

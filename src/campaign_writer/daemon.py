@@ -134,7 +134,13 @@ class Daemon:
             self.auth,
             batcher,
             retry=RetryPolicy(
-                config.retry.max_age_s, config.retry.initial_backoff_s, config.retry.max_backoff_s
+                config.retry.max_age_s,
+                config.retry.initial_backoff_s,
+                config.retry.max_backoff_s,
+                record_failures=config.retry.record_failures,
+                suspect_after=config.retry.suspect_after,
+                fault_pause_initial_s=config.retry.fault_pause_initial_s,
+                fault_pause_max_s=config.retry.fault_pause_max_s,
             ),
             max_in_flight=config.sender.max_in_flight,
             metrics=self.metrics,

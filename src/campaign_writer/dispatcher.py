@@ -36,17 +36,18 @@ import asyncio
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .auth import Authenticator
-from .batcher import Batch, Batcher, Entry, LaneId
+from .batcher import Batch, Batcher, Entry, Lane, LaneId
 from .documents import fragments_document
 from .errors import AuthError, QueueError, TransportError
 from .logs import get_logger
 from .metrics import Metrics
-from .outcome import AuthExpired, Fatal, Ok, Reject, Retry, Throttled
+from .outcome import AuthExpired, Fatal, Ok, Outcome, Reject, Retry, Throttled
 from .sender import CampaignClient
 from .soap import Param
 from .wakeup import Wakeup
@@ -54,6 +55,9 @@ from .wakeup import Wakeup
 __all__ = ["Dispatcher", "InFlightLimit", "RetryPolicy"]
 
 log = get_logger("dispatcher")
+
+# How often the log says again that a lane is paused on a fault every record meets.
+FAULT_REMINDER_S = 300.0
 
 
 class LeasedRecord(Protocol):
@@ -79,6 +83,14 @@ class RetryPolicy:
     max_age_s: float = 3 * 3600.0
     initial_backoff_s: float = 0.5
     max_backoff_s: float = 10.0
+    # A record sent alone is dead-lettered after this many refusals of its own, one
+    # of them proven by records sent the same way succeeding (see evidence.py).
+    record_failures: int = 3
+    # Refused calls in a row, with no success, before a record alone must show that
+    # the lane still works; if it fails too, the lane pauses.
+    suspect_after: int = 4
+    fault_pause_initial_s: float = 1.0
+    fault_pause_max_s: float = 60.0
 
     def backoff(self, failures: int) -> float:
         """Full jitter: uniform in [0, min(cap, initial x 2^(failures-1))]."""
@@ -135,6 +147,19 @@ def lane_id_of(lane: Any) -> LaneId:
     return LaneId(lane.schema, lane.method)
 
 
+class _Sent(NamedTuple):
+    outcome: Outcome
+    status: int | None
+    method: str  # the method called (Write for a WriteCollection lane's single record)
+
+
+class _Refused(NamedTuple):
+    """Campaign refused a call with a fault; whose fault it is remains to be seen."""
+
+    fault: Reject
+    status: int | None
+
+
 class Dispatcher:
     """Owns the batcher and the send tasks; start() and close() are symmetric."""
 
@@ -179,6 +204,8 @@ class Dispatcher:
             "throttled": 0,
             "calls": 0,
             "bisections": 0,
+            "fault_pauses": 0,
+            "partial_collections": 0,
         }
 
     # --- lifecycle -------------------------------------------------------------------
@@ -254,6 +281,7 @@ class Dispatcher:
                 lane_id = lane_ids.get(lane)
                 if lane_id is None:
                     lane_id = lane_ids[lane] = lane_id_of(lane)
+                    self._lane_series(lane_id)
                 sooner = self.batcher.add_many(lane_id, entries) or sooner
             for lane_id, lane in self.batcher.lanes.items():
                 new = lane.merges - merges_seen.get(lane_id, 0)
@@ -263,6 +291,12 @@ class Dispatcher:
             if sooner:
                 # Otherwise the dispatcher's timer already covers every lane's due time.
                 self._wake.set()
+
+    def _lane_series(self, lane_id: LaneId) -> None:
+        """Export a lane's fault series from its first record on, at zero."""
+        self.metrics.lane_fault_paused.labels(*lane_id).set(0)
+        self.metrics.collection_fallbacks.labels(*lane_id)
+        self.metrics.partial_collections.labels(*lane_id)
 
     # --- dispatching -----------------------------------------------------------------
 
@@ -297,27 +331,33 @@ class Dispatcher:
             log.critical("send task crashed", exc_info=task.exception())
 
     async def _deliver(self, batch: Batch) -> None:
-        await self._send(batch, batch.entries, batch.collection)
+        entries = batch.entries
+        outcome = await self._attempt(batch, entries, batch.collection)
+        if not isinstance(outcome, _Refused):
+            return
+        if len(entries) > 1 or batch.collection:
+            await self._isolate(batch, entries, batch.collection)
+        else:
+            await self._judge(batch, entries[0], outcome, sibling_ok=False)
 
-    async def _send(self, batch: Batch, entries: list[Entry], collection: bool) -> int:
-        """Send ``entries`` in one call and settle them; returns how many were not delivered."""
-        lane = batch.lane
-        method = lane.id.method
+    async def _call(self, batch: Batch, entries: list[Entry], collection: bool) -> _Sent | None:
+        """One call for ``entries``, renewing credentials once; None if auth settled it."""
+        method = batch.lane.id.method
         if not collection and method == "WriteCollection":
             method = "Write"
         # Fragments were rendered and checked at intake: building is only joining them.
         document = fragments_document(
-            lane.id.schema, [e.fragment for e in entries], collection=collection
+            batch.lane.id.schema, [e.fragment for e in entries], collection=collection
         )
         params = [Param("doc", "document", document)]
         try:
             credentials = await self.auth.credentials()
         except AuthError as exc:
             self._go_fatal(batch, entries, f"authentication failed: {exc}")
-            return len(entries)
+            return None
         except TransportError as exc:
             self._back_off(batch, entries, f"authentication: {exc}")
-            return len(entries)
+            return None
         result = await self.client.call(method, params, credentials)
         self.totals["calls"] += 1
         outcome = result.outcome
@@ -326,73 +366,202 @@ class Dispatcher:
                 credentials = await self.auth.renew(credentials)
             except AuthError as exc:
                 self._go_fatal(batch, entries, f"re-authentication failed: {exc}")
-                return len(entries)
+                return None
             except TransportError as exc:
                 self._back_off(batch, entries, f"re-authentication: {exc}")
-                return len(entries)
+                return None
             result = await self.client.call(method, params, credentials)
             self.totals["calls"] += 1
             outcome = result.outcome
             if isinstance(outcome, AuthExpired):
                 outcome = Retry(f"still refused after re-authentication: {outcome.reason}")
         await self.in_flight.observe(result.latency_s, self.client.throttle.rate())
+        return _Sent(outcome, result.status, method)
+
+    async def _attempt(
+        self, batch: Batch, entries: list[Entry], collection: bool
+    ) -> Ok | _Refused | None:
+        """Send ``entries`` in one call and settle it, unless Campaign refused it.
+
+        Returns Ok when the entries are delivered, a refusal when Campaign refused the
+        call (the caller still holds the entries and decides whose fault it is), or
+        None when they were settled otherwise: put back, backed off, or fatal.
+        """
+        sent = await self._call(batch, entries, collection)
+        if sent is None:
+            return None
+        outcome = sent.outcome
         if isinstance(outcome, Ok):
-            await self._delivered(batch, entries, method)
-            return 0
+            delivered = await self._delivered(batch, entries, sent.method, collection, outcome)
+            return outcome if delivered else None
         if isinstance(outcome, Throttled):
             self.totals["throttled"] += 1
             self.metrics.batches.labels("throttled").inc()
             self.batcher.put_back(batch, entries)
-            return len(entries)
+            return None
         if isinstance(outcome, Retry):
             horizon = self._wall() - self.retry.max_age_s
             expired = [e for e in entries if e.created_at < horizon]
             live = [e for e in entries if e.created_at >= horizon]
             self._back_off(batch, live, outcome.reason)
-            if not expired:
-                return len(live)
-            reason = f"gave up after retry.max_age: {outcome.reason}"
-            dead = await self._dead_letter(batch, expired, reason, result.status, "MAX-AGE")
-            return len(live) + dead
+            if expired:
+                reason = f"gave up after retry.max_age: {outcome.reason}"
+                await self._dead_letter(batch, expired, reason, sent.status, "MAX-AGE")
+            return None
         if isinstance(outcome, Fatal):
             self._go_fatal(batch, entries, outcome.reason)
-            return len(entries)
+            return None
         assert isinstance(outcome, Reject)
-        return await self._rejected(batch, entries, collection, outcome, result.status)
-
-    async def _rejected(
-        self,
-        batch: Batch,
-        entries: list[Entry],
-        collection: bool,
-        outcome: Reject,
-        status: int | None,
-    ) -> int:
         self.metrics.batches.labels("rejected").inc()
-        lane = batch.lane
-        if outcome.scope == "collection" and collection and lane.mode == "auto":
-            self._fall_back(batch, outcome.reason)
-            self.batcher.put_back(batch, entries)
-            return len(entries)
-        if outcome.scope == "record" and len(entries) > 1:
-            return await self._bisect(batch, entries, collection)
-        return await self._dead_letter(batch, entries, outcome.reason, status, outcome.code)
+        health = batch.lane.health
+        health.refused(collection, len(entries) == 1 and health.proven(entries[0].strikes))
+        self._collections_evidence(batch)
+        return _Refused(outcome, sent.status)
 
-    async def _bisect(self, batch: Batch, entries: list[Entry], collection: bool) -> int:
+    async def _isolate(self, batch: Batch, entries: list[Entry], collection: bool) -> None:
+        """Split a refused call until the records at fault fail alone.
+
+        Breadth first, both halves of a split at once, so that a bad record's sibling
+        is sent beside it and proves records sent this way succeed. When refusals pile
+        up with no success, one record alone is sent as a control; if it fails too, the
+        fault is the instance's: the lane pauses and nothing is dead-lettered.
+        """
         self.totals["bisections"] += 1
-        middle = len(entries) // 2
-        undelivered = 0
-        for half in (entries[:middle], entries[middle:]):
-            undelivered += await self._send(batch, half, collection if len(half) > 1 else False)
         lane = batch.lane
-        if collection and entries is batch.entries and lane.mode == "auto":
-            # A collection refused with a data fault whose records all pass alone,
-            # twice running, is a method that does not take collections. A half put
-            # back by a transient failure has not passed: the bad record may be in it.
-            lane.clean_bisections = lane.clean_bisections + 1 if undelivered == 0 else 0
-            if lane.clean_bisections >= 2:
-                self._fall_back(batch, "collections refused while every record passed alone")
-        return undelivered
+        health = lane.health
+        work: deque[list[Entry]] = deque([entries])
+        sibling_ok = False
+        while work:
+            if health.suspect or self._stopping or (collection and not lane.collections):
+                # Paused, closing, or fallen back to one record per call: the rest waits.
+                self.batcher.put_back(batch, [e for part in work for e in part])
+                return
+            part = work.popleft()
+            if len(part) == 1:
+                outcome = await self._attempt(batch, part, False)
+                if isinstance(outcome, _Refused):
+                    await self._judge(batch, part[0], outcome, sibling_ok=sibling_ok)
+                elif outcome is None:
+                    self.batcher.put_back(batch, [e for rest in work for e in rest])
+                    return
+                sibling_ok = False
+                continue
+            if health.needs_control(self.retry.suspect_after):
+                control, part = part[:1], part[1:]
+                outcome = await self._attempt(batch, control, False)
+                if outcome is None or isinstance(outcome, _Refused):
+                    if isinstance(outcome, _Refused):
+                        self._suspect(batch, outcome.fault)
+                        self.batcher.put_back(batch, control, rotate=True)
+                    self.batcher.put_back(batch, part + [e for rest in work for e in rest])
+                    return
+                if len(part) == 1:
+                    # The control, sent the same way beside it, succeeded.
+                    work.appendleft(part)
+                    sibling_ok = True
+                    continue
+            # Doubting collections, split off two records: a pair refused as a
+            # collection whose records pass alone is the evidence that settles it.
+            pair_test = collection and len(part) > 3 and health.doubts_collections()
+            middle = 2 if pair_test else len(part) // 2
+            halves = (part[:middle], part[middle:])
+            outcomes = await asyncio.gather(
+                *(self._attempt(batch, half, collection and len(half) > 1) for half in halves)
+            )
+            refused = [
+                (half, outcome)
+                for half, outcome in zip(halves, outcomes, strict=True)
+                if isinstance(outcome, _Refused)
+            ]
+            if any(outcome is None for outcome in outcomes):
+                self.batcher.put_back(
+                    batch, [e for half, _ in refused for e in half] + [e for p in work for e in p]
+                )
+                return
+            if not refused and collection and len(part) == 2:
+                health.clean_pair()
+                self._collections_evidence(batch)
+            for half, outcome in refused:
+                if len(half) > 1:
+                    work.append(half)
+                else:
+                    await self._judge(batch, half[0], outcome, sibling_ok=len(refused) == 1)
+
+    async def _judge(
+        self, batch: Batch, entry: Entry, refused: _Refused, *, sibling_ok: bool
+    ) -> None:
+        """A record was refused alone: a strike against it, or evidence against the lane."""
+        lane = batch.lane
+        health = lane.health
+        refusal = refused.fault
+        if health.suspect:
+            self.batcher.put_back(batch, [entry], rotate=True)
+            if batch.probe:
+                self._pause(lane)
+            return
+        proven = sibling_ok or health.proven(entry.strikes)
+        if not proven and health.needs_control(self.retry.suspect_after):
+            # Refused calls in a row, this one too, and nothing shows that records sent
+            # this way succeed: the instance's fault, not this record's.
+            self._suspect(batch, refusal)
+            self.batcher.put_back(batch, [entry], rotate=True)
+            return
+        verdict = health.judge(
+            entry.strikes, refusal.reason, sibling_ok, self.retry.record_failures
+        )
+        entry.strikes = verdict.strikes
+        if not verdict.dead:
+            self.batcher.put_back(batch, [entry])  # at the front: tried alone again soon
+            return
+        faults = list(dict.fromkeys(strike.fault for strike in verdict.strikes))
+        reason = (
+            f"refused alone {len(verdict.strikes)} times while records sent the same way"
+            f" succeeded: {' | '.join(faults)}"
+        )
+        await self._dead_letter(batch, [entry], reason, refused.status, refusal.code)
+
+    def _suspect(self, batch: Batch, refusal: Reject) -> None:
+        """Every record of the lane meets the fault: pause the lane, keep everything."""
+        lane = batch.lane
+        health = lane.health
+        now = self._clock()
+        if health.turn_suspect(now, refusal.reason):
+            health.last_told = now
+            self.metrics.lane_fault_paused.labels(*lane.id).set(1)
+            log.warning(
+                "every record of this lane meets the same fault, so it is Campaign's, not"
+                " the records': lane paused, nothing dead-lettered, everything kept queued",
+                extra={
+                    "schema": lane.id.schema,
+                    "method": lane.id.method,
+                    "refused_in_a_row": health.streak,
+                    "fault": refusal.reason[:500],
+                },
+            )
+        self._pause(lane)
+
+    def _pause(self, lane: Lane) -> None:
+        health = lane.health
+        delay = health.next_pause(self.retry.fault_pause_initial_s, self.retry.fault_pause_max_s)
+        now = self._clock()
+        lane.not_before = max(lane.not_before, now + delay)
+        self.totals["fault_pauses"] += 1
+        if health.suspect_since is not None and now - health.last_told >= FAULT_REMINDER_S:
+            health.last_told = now
+            log.warning(
+                "lane still paused: Campaign keeps refusing every record",
+                extra={
+                    "schema": lane.id.schema,
+                    "method": lane.id.method,
+                    "paused_for_s": round(now - health.suspect_since),
+                    "fault": health.reason[:500],
+                },
+            )
+
+    def _collections_evidence(self, batch: Batch) -> None:
+        lane = batch.lane
+        if lane.mode == "auto" and lane.collections and lane.health.collections_refused():
+            self._fall_back(batch, "collection documents refused while records sent alone pass")
 
     def _fall_back(self, batch: Batch, reason: str) -> None:
         lane = batch.lane
@@ -400,14 +569,45 @@ class Dispatcher:
             return
         lane.collections = False
         self.fallbacks[lane.id] = reason
+        self.metrics.collection_fallbacks.labels(*lane.id).inc()
         log.warning(
-            "Campaign refuses collection documents on this lane; sending one record per call",
+            "Campaign does not take collection documents on this lane; sending one record per call",
             extra={"schema": lane.id.schema, "method": lane.id.method, "reason": reason},
         )
 
     # --- settling --------------------------------------------------------------------
 
-    async def _delivered(self, batch: Batch, entries: list[Entry], method: str) -> None:
+    async def _delivered(
+        self, batch: Batch, entries: list[Entry], method: str, collection: bool, outcome: Ok
+    ) -> bool:
+        """Ack what Campaign took; False when it was put back instead (nothing acked)."""
+        lane = batch.lane
+        partial = self._partial_collection(method, entries, collection, outcome)
+        ended = lane.health.succeeded(collection)
+        if ended is not None:
+            self.metrics.lane_fault_paused.labels(*lane.id).set(0)
+            log.warning(
+                "Campaign accepts this lane's records again; lane resumed",
+                extra={
+                    "schema": lane.id.schema,
+                    "method": lane.id.method,
+                    "paused_for_s": round(self._clock() - ended, 1),
+                },
+            )
+        if partial is not None:
+            # Campaign took part of the collection, and nothing says which part: every
+            # record goes back and is sent alone (what was stored is stored twice).
+            self.totals["partial_collections"] += 1
+            self.metrics.partial_collections.labels(*lane.id).inc()
+            log.error(
+                "Campaign stored only part of a collection; sending one record per call"
+                " on this lane and resending the whole batch",
+                extra={"schema": lane.id.schema, "method": method, "detail": partial},
+            )
+            self._fall_back(batch, partial)
+            self.batcher.put_back(batch, entries)
+            return False
+        self._collections_evidence(batch)
         ids = [i for e in entries for i in e.ids]
         try:
             await self.queue.ack(ids)
@@ -417,20 +617,41 @@ class Dispatcher:
             # cannot commit (a full disk) from resending them at the full TPS budget.
             log.error("ack failed; records will be delivered again", extra={"error": str(exc)})
             self._back_off(batch, entries, f"ack failed: {exc}")
-            return
-        batch.lane.failures = 0
+            return False
+        lane.failures = 0
         if self.fatal is not None:
             log.warning("Campaign accepts calls again; leaving the fatal state")
             self.fatal, self._fatal_count = None, 0
         self.batcher.finished(batch, entries)
         self.totals["delivered"] += len(ids)
-        self.metrics.records_delivered.labels(batch.lane.id.schema, method).inc(len(ids))
+        self.metrics.records_delivered.labels(lane.id.schema, method).inc(len(ids))
         self.metrics.batches.labels("ok").inc()
         wall = self._wall()
         # One value per record; records merged into an entry share its oldest intake time.
         self.metrics.end_to_end_latency.observe_many(
             [max(0.0, wall - e.created_at) for e in entries for _ in e.ids]
         )
+        return True
+
+    @staticmethod
+    def _partial_collection(
+        method: str, entries: list[Entry], collection: bool, outcome: Ok
+    ) -> str | None:
+        """Why an unkeyed Ingest collection was not wholly stored, or None.
+
+        Unkeyed Ingest returns one UUID per stored record; keyed Ingest, IngestExt and
+        Write return nothing to check (see the README on collections).
+        """
+        if method != "Ingest" or not collection or len(entries) < 2:
+            return None
+        if any(' _key="' in entry.fragment for entry in entries):
+            return None
+        answer = outcome.response.output("pstrSUuids")
+        text = answer.text.strip() if answer is not None else ""
+        returned = len([part for part in text.split(",") if part.strip()]) if text else 0
+        if returned == len(entries):
+            return None
+        return f"Ingest returned {returned} UUIDs for a collection of {len(entries)} records"
 
     async def _dead_letter(
         self, batch: Batch, entries: list[Entry], reason: str, status: int | None, code: str
@@ -475,10 +696,31 @@ class Dispatcher:
 
     # --- introspection ---------------------------------------------------------------
 
+    def fault_pauses(self) -> dict[str, Any]:
+        """Lanes paused on a fault every record meets, and whether that is all of them."""
+        now = self._clock()
+        paused = {}
+        for lane_id, lane in self.batcher.lanes.items():
+            health = lane.health
+            if health.suspect_since is None:
+                continue
+            paused[f"{lane_id.schema}#{lane_id.method}"] = {
+                "paused_for_s": round(now - health.suspect_since, 1),
+                "next_probe_in_s": round(max(0.0, lane.not_before - now), 1),
+                "probes": health.pauses,
+                "fault": health.reason[:500],
+            }
+        lanes = len(self.batcher.lanes)
+        return {
+            "paused_lanes": paused,
+            "instance_wide": bool(paused) and len(paused) == lanes,
+        }
+
     def stats(self) -> dict[str, Any]:
         throttle = self.client.throttle
         return {
             "fatal": self.fatal,
+            "faults": self.fault_pauses(),
             "in_flight": self.in_flight.current,
             "in_flight_limit": self.in_flight.limit,
             "latency_ewma_s": self.in_flight.latency_s,
@@ -494,6 +736,8 @@ class Dispatcher:
                     "collection_fallback": self.fallbacks.get(lane_id),
                     "merges": lane.merges,
                     "failures": lane.failures,
+                    "refused_in_a_row": lane.health.streak,
+                    "paused_on_fault": lane.health.suspect,
                 }
                 for lane_id, lane in self.batcher.lanes.items()
             },

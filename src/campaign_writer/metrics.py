@@ -30,7 +30,15 @@ campaign_writer_in_flight_limit                           gauge
 campaign_writer_rate_limit                                gauge  (calls per second)
 campaign_writer_call_latency_seconds                      hist   method
 campaign_writer_end_to_end_latency_seconds                hist
+campaign_writer_lane_fault_paused                         gauge  schema, method
+campaign_writer_collection_fallbacks_total                ctr    schema, method
+campaign_writer_partial_collections_total                 ctr    schema, method
 ========================================================  =====  ====================
+
+``lane_fault_paused`` is 1 while a lane is paused because every record sent on it
+meets the same fault (the instance's fault, not the records'); ``collection_fallbacks``
+counts lanes that went to one record per call; ``partial_collections`` counts Ingest
+collections Campaign stored only in part.
 """
 
 from __future__ import annotations
@@ -155,6 +163,21 @@ class Metrics:
         self.in_flight = gauge("in_flight", "Campaign calls under way")
         self.in_flight_limit = gauge("in_flight_limit", "Current cap on calls under way")
         self.rate_limit = gauge("rate_limit", "Current throttle rate, calls per second")
+        self.lane_fault_paused = gauge(
+            "lane_fault_paused",
+            "1 while a lane is paused on a fault every record meets",
+            ("schema", "method"),
+        )
+        self.collection_fallbacks = counter(
+            "collection_fallbacks",
+            "Lanes that went to one record per call",
+            ("schema", "method"),
+        )
+        self.partial_collections = counter(
+            "partial_collections",
+            "Ingest collections Campaign stored only in part",
+            ("schema", "method"),
+        )
         self.call_latency = Histogram(
             prefix + "call_latency_seconds",
             "Campaign call latency",
@@ -198,4 +221,7 @@ METRIC_NAMES = (
     "campaign_writer_rate_limit",
     "campaign_writer_call_latency_seconds",
     "campaign_writer_end_to_end_latency_seconds",
+    "campaign_writer_lane_fault_paused",
+    "campaign_writer_collection_fallbacks_total",
+    "campaign_writer_partial_collections_total",
 )

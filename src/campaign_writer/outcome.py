@@ -4,18 +4,22 @@
 
 * :class:`Ok` -- the call succeeded; the parsed response is attached;
 * :class:`Throttled` -- HTTP 429; ``retry_after`` in seconds when the server said;
-* :class:`Retry` -- transient: 5xx without a data fault, timeouts, resets, unreadable
-  bodies;
-* :class:`AuthExpired` -- HTTP 401 or XSV-350008: renew the session or token once;
-* :class:`Reject` -- a data fault on the records; ``scope`` says whether bisection can
-  isolate it (``record``), every record of the lane would fail (``batch``), or the
-  method refuses collection documents (``collection``);
-* :class:`Fatal` -- nothing works until an operator acts: bad credentials, access
-  denied, unknown method or URL.
+* :class:`Retry` -- transient and not Campaign's answer: timeouts, resets, proxy
+  pages, unreadable or cut bodies;
+* :class:`AuthExpired` -- HTTP 401, XSV-350008 or its words: renew once and resend;
+* :class:`Reject` -- Campaign refused the call with a fault. ``scope`` says what the
+  fault suggests: ``record`` when its code or words point at the data (a database
+  refusal, a duplicate key), ``unknown`` when nothing places it (no code, a masked
+  SOP-330023, a bare "Error while executing the method", a code no table lists).
+  Neither proves a record bad: delivery decides that from what happens to records
+  sent the same way, so a fault every record meets dead-letters nothing;
+* :class:`Fatal` -- nothing works until an operator acts: bad credentials, an IP
+  not allowed, access denied, an unknown method or URL, with or without a code.
 
-Campaign faults arrive with HTTP 200, 500, 403 or 401, so the body is always read
-first and the status only decides what the body does not. Backoff timing lives in
-the dispatcher; nothing here sleeps or touches the network.
+A fault is read for everything it carries: its codes, then the words of faultstring
+and detail (:mod:`campaign_writer.codes`), then the HTTP status. Campaign faults
+arrive with HTTP 200, 500, 403 or 401, so the body is always read first. Backoff
+timing lives elsewhere; nothing here sleeps or touches the network.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from .codes import CODES, EXECUTION_ERROR, CodeClass
+from .codes import CODES, CodeClass, text_class
 from .errors import CampaignWriterError, ResponseError
 from .soap import DEFAULT_MAX_RESPONSE_BYTES, NotSoap, SoapFault, SoapResponse, parse_body
 
@@ -67,7 +71,7 @@ class AuthExpired:
 class Reject:
     reason: str
     code: str
-    scope: Literal["record", "batch", "collection"] = "record"
+    scope: Literal["record", "unknown"] = "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,30 +114,31 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, seconds)
 
 
-def _from_codes(codes: tuple[str, ...], reason: str) -> Outcome | None:
-    """The first code with a decisive class decides; wrappers defer to their cause."""
-    wrapped = False
-    for code in codes:
-        kind = CODES.get(code)
-        if kind is None:
-            continue
-        if kind is CodeClass.WRAPPER:
-            wrapped = True
-        elif kind is CodeClass.AUTH:
-            return AuthExpired(reason)
-        elif kind is CodeClass.FATAL:
-            return Fatal(reason, code)
-        elif kind is CodeClass.DATA:
-            return Reject(reason, code, "record")
-        elif kind is CodeClass.SCHEMA:
-            return Reject(reason, code, "batch")
-        else:
-            return Reject(reason, code, "collection")
-    if wrapped:
-        # "Error while executing the method" with no known cause after it: the
-        # method ran and failed on what we sent, so treat it as a data fault.
-        return Reject(reason, EXECUTION_ERROR, "record")
-    return None
+def _decide(codes: tuple[str, ...], text: str) -> tuple[CodeClass | None, str]:
+    """What a fault's codes and words suggest, and the code or short name to report.
+
+    Credentials and access decide first, wherever they appear: a bad login arrives
+    wrapped in a parameter error. Then anything that points at the data. A wrapper
+    or a masked code alone decides nothing (``None``): the cause is unknown.
+    """
+    known = [(code, CODES[code]) for code in codes if code in CODES]
+    by_text = text_class(text)
+    for wanted in (CodeClass.AUTH, CodeClass.FATAL):
+        for code, kind in known:
+            if kind is wanted:
+                return kind, code
+        if by_text is not None and by_text[0] is wanted:
+            return by_text
+    for code, kind in known:
+        if kind is CodeClass.DATA:
+            return kind, code
+    if by_text is not None and by_text[0] is CodeClass.DATA:
+        return by_text
+    # Unknown cause: report the first code (SOP-330023, SOP-330011 or one no table
+    # lists), else the words' short name.
+    if codes:
+        return None, codes[0]
+    return None, by_text[1] if by_text is not None else ""
 
 
 def _from_status(status: int, reason: str) -> Outcome:
@@ -172,19 +177,23 @@ def classify(
         return Retry(f"HTTP {status}: {exc}")
     if isinstance(parsed, SoapFault):
         reason = f"HTTP {status} {parsed.faultcode}: {parsed.text()}"
-        decided = _from_codes(parsed.codes, reason)
-        if decided is not None:
-            return decided
+        kind, code = _decide(parsed.codes, parsed.text())
+        if kind is CodeClass.AUTH:
+            return AuthExpired(reason)
+        if kind is CodeClass.FATAL:
+            return Fatal(reason, code)
+        if kind is CodeClass.DATA:
+            return Reject(reason, code, "record")
         if status in (401, 403):
             return _from_status(status, reason)
-        if parsed.faultcode.endswith("Client"):
-            return Reject(reason, "", "record")
-        return Retry(reason)
+        return Reject(reason, code, "unknown")
     if isinstance(parsed, NotSoap):
         reason = f"HTTP {status}: {parsed.snippet}" if parsed.snippet else f"HTTP {status}"
-        decided = _from_codes(parsed.codes, reason)
-        if isinstance(decided, (AuthExpired, Fatal)):
-            return decided
+        kind, code = _decide(parsed.codes, parsed.snippet)
+        if kind is CodeClass.AUTH:
+            return AuthExpired(reason)
+        if kind is CodeClass.FATAL:
+            return Fatal(reason, code)
         if 200 <= status < 300:
             return Retry(f"unreadable response to a successful call: {reason}")
         return _from_status(status, reason)

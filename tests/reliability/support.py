@@ -84,6 +84,7 @@ def base_tree(campaign_url: str, queue_path: Path, **changes: Any) -> dict[str, 
     tree: dict[str, Any] = tomllib.loads(EXAMPLE.read_text())
     settings: dict[str, Any] = {
         "campaign.url": campaign_url,
+        "campaign.auth": {"mode": "session", "login": "admin", "password": "admin"},
         "campaign.tps_limit": 1000,
         "queue.path": str(queue_path),
         "batch.linger_ms": 20,

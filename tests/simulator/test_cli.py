@@ -40,6 +40,11 @@ def test_help_documents_every_knob_credentials_and_control(capsys) -> None:
         '"revoke_tokens"',
         '"schedule"',
         "/__sim/records?schema=",
+        "masked_s, masked_in_s",
+        "badlogin_s, badlogin_in_s",
+        "{default,strict}",
+        "{,accept,refuse,partial}",
+        "{,coded,duplicate,masked}",
     ):
         assert needle in text, needle
 

@@ -20,7 +20,7 @@ ONLY_WRITES = {"fault_methods": "IngestExt"}
 
 
 def test_hostile_kinds_come_after_the_older_kinds() -> None:
-    """The new kinds are appended, so a seeded draw of the older kinds replays as before."""
+    """New kinds are appended, so a seeded draw of the older kinds replays as before."""
     assert KINDS[:10] == (
         "500",
         "502",
@@ -33,7 +33,8 @@ def test_hostile_kinds_come_after_the_older_kinds() -> None:
         "expire",
         "revoke",
     )
-    assert KINDS[10:] == HOSTILE_KINDS == ("entity", "laughs", "huge", "drip")
+    assert KINDS[10:14] == HOSTILE_KINDS == ("entity", "laughs", "huge", "drip")
+    assert KINDS[14:] == ("masked", "badlogin")
 
 
 @pytest.mark.parametrize(

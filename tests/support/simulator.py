@@ -62,6 +62,18 @@ class Reply:
     def parsed(self) -> soap.SoapResponse | soap.SoapFault | soap.NotSoap:
         return soap.parse_body(self.body)
 
+    def fault(self) -> soap.SoapFault:
+        """The SOAP fault of the body; fails the test if the body is anything else."""
+        parsed = self.parsed()
+        assert isinstance(parsed, soap.SoapFault), self.body[:500]
+        return parsed
+
+    def response(self) -> soap.SoapResponse:
+        """The SOAP answer of the body; fails the test if it is not a success."""
+        parsed = self.parsed()
+        assert isinstance(parsed, soap.SoapResponse), (self.status, self.body[:500])
+        return parsed
+
 
 class SimulatorHandle:
     """A running simulator and the calls tests make to it."""

@@ -40,6 +40,9 @@ def config_tree(campaign_url: str, tmp_path: Path, **changes: Any) -> dict[str, 
         tree,
         {
             "campaign.url": campaign_url,
+            # The example leads with IMS; most tests log on with a session, which the
+            # simulator's session faults (expiry) reach.
+            "campaign.auth": {"mode": "session", "login": "admin", "password": "admin"},
             "campaign.tps_limit": 1000,
             "queue.path": str(tmp_path / "queue.sqlite3"),
             "http.listen": "127.0.0.1:0",
@@ -145,6 +148,7 @@ class WriterProcess:
         self.config_file = EXAMPLE
         self.overrides = [
             f'campaign.url="{campaign_url}"',
+            f'campaign.auth.ims_url="{campaign_url}/ims/token/v3"',
             "campaign.tps_limit=1000",
             f'queue.path="{tmp_path / "queue.sqlite3"}"',
             'http.listen="127.0.0.1:0"',

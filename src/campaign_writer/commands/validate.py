@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 __all__ = ["HELP", "configure", "execute"]
 
@@ -50,4 +54,20 @@ def execute(args: argparse.Namespace) -> int:
     print(f"  routes    {routes}")
     if config.sources:
         print(f"  sources   {', '.join(f'{s.name} ({s.kind})' for s in config.sources)}")
+    for warning in warnings(config):
+        print(f"warning: {warning}")
     return 0
+
+
+def warnings(config: Config) -> list[str]:
+    """What is legal but likely to surprise: each a sentence that names the route."""
+    found = []
+    for route in config.routes:
+        if route.method == "Ingest" and not route.key_spec:
+            found.append(
+                f"route {route.name!r}: Ingest without a key inserts every record it is"
+                " sent; delivery is at least once, so a call resent after a lost answer"
+                " stores its records twice. Give the route a key (key = [...]) to make a"
+                " resend harmless."
+            )
+    return found

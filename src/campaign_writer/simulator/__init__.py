@@ -14,11 +14,13 @@ Start it with ``campaign-writer simulate`` or in process::
     ...
     await simulator.close()
 
-Modules: :mod:`.config` (every knob), :mod:`.app` (HTTP), :mod:`.tenant` (methods),
-:mod:`.protocol` (wire format), :mod:`.staging` (write semantics), :mod:`.tables`
-(storage), :mod:`.schemas` and :mod:`.xtktypes` (validation), :mod:`.auth`,
-:mod:`.limits`, :mod:`.faults`, :mod:`.calllog`, :mod:`.control` (the ``/__sim``
-contract: control fields, stats, records, call log).
+Modules: :mod:`.config` (every knob; :mod:`.configtables` reads its tables),
+:mod:`.app` (HTTP), :mod:`.tenant` (methods), :mod:`.protocol` (wire format),
+:mod:`.staging` (write semantics), :mod:`.tables` (storage), :mod:`.schemas` and
+:mod:`.xtktypes` (validation), :mod:`.auth`, :mod:`.limits`, :mod:`.faults`
+(injected weather), :mod:`.refusals` (the wording of faults per profile),
+:mod:`.codes`, :mod:`.calllog`, :mod:`.control` (the ``/__sim`` contract: control
+fields, stats, records, call log).
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ latency model (the call sleeps while holding its concurrency slot), the method
 itself, and for a ``truncate`` draw the answer cut short (for ``drip``, sent a byte
 at a time). Only the SOAP route
 counts against the TPS limit and appears in the call log.
+
+In the ``strict`` profile the IMS token endpoint requires a non-empty ``scope``, as
+Adobe's documentation marks it mandatory; it answers 400 ``invalid_scope`` without.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from .faults import (
 )
 from .limits import latency_s
 from .protocol import INSTANCE, action_of, campaign_time, parse_call
+from .refusals import bad_login_fault, masked_fault
 from .staging import WRITE_METHODS, count_entities
 from .tenant import Tenant
 
@@ -54,7 +58,20 @@ log = get_logger("simulator")
 
 _XML = "text/xml; charset=utf-8"
 _PRE_PROCESS = frozenset(
-    {"500", "502", "503", "html", "reset", "timeout", "soap", "entity", "laughs", "huge"}
+    {
+        "500",
+        "502",
+        "503",
+        "html",
+        "reset",
+        "timeout",
+        "soap",
+        "entity",
+        "laughs",
+        "huge",
+        "masked",
+        "badlogin",
+    }
 )
 _REASONS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 
@@ -64,6 +81,7 @@ class _Trace:
     """What the call log records about one SOAP call, filled in as it goes."""
 
     method: str
+    urn: str = ""
     schema: str = ""
     records: int = 0
     status: int = 0
@@ -180,7 +198,7 @@ class Simulator:
             call = parse_call(body, request.headers, request.query, config.max_body_bytes)
         except SimFault as fault:
             return self._fault(fault, trace)
-        trace.method = call.method
+        trace.method, trace.urn = call.method, call.urn
         if call.method in WRITE_METHODS:
             trace.records = count_entities(call.document(1))
         injected = tenant.plan.draw(call.method)
@@ -229,7 +247,7 @@ class Simulator:
         tenant = self.tenant
         if not injected:  # injected ones are counted as inject:<kind> by the caller
             tenant.fault_raised(fault)
-        status = tenant.config.fault_status
+        status = fault.status or tenant.config.fault_status
         trace.status = status
         if not injected:
             trace.outcome = f"fault:{fault.kind}"
@@ -278,6 +296,10 @@ class Simulator:
                 kind="transient",
             )
             return self._fault(fault, trace, injected=True)
+        if kind == "masked":
+            return self._fault(masked_fault("masked"), trace, injected=True)
+        if kind == "badlogin":
+            return self._fault(bad_login_fault(trace.method, trace.urn), trace, injected=True)
         if kind in ("entity", "laughs"):
             trace.status = 200
             body = hostile_body(kind, trace.method, self.tenant.config.hostile_encoding)
@@ -386,6 +408,8 @@ class Simulator:
             return self._oauth_error(
                 400, "unsupported_grant_type", "grant_type must be client_credentials"
             )
+        if self.tenant.config.strict and not str(form.get("scope", "")).strip():
+            return self._oauth_error(400, "invalid_scope", "scope is required")
         client = self.tenant.clients.get(str(form.get("client_id", "")))
         if client is None:
             return self._oauth_error(400, "invalid_client", "invalid client_id parameter")

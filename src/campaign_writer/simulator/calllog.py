@@ -15,8 +15,9 @@ Each entry is a JSON object::
 * ``status``: HTTP status, ``0`` when the connection was dropped with no answer;
 * ``latency_ms``: arrival to answer (or drop), milliseconds;
 * ``outcome``: ``ok``, ``throttled``, ``overloaded``, ``outage``, ``fault:<kind>``
-  for a SOAP fault (``data``, ``schema``, ``collection``, ``session_expired``,
-  ``access``, ``login``, ``unknown_method``, ``malformed``), or ``inject:<kind>``
+  for a SOAP fault (``data``, ``schema``, ``collection``, ``duplicate``,
+  ``session_expired``, ``access``, ``login``, ``unknown_method``, ``malformed``), or
+  ``inject:<kind>``
   for an injected failure (see :mod:`.faults`);
 * ``committed_at``: unix time the call's records were committed, or ``null``.
 

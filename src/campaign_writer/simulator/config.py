@@ -10,6 +10,13 @@ schemas, users) is fixed once the simulator has started.
 Precedence: defaults, then the config file, then command-line flags; control
 requests change the running value afterwards.
 
+``profile`` says how faithful the faults are to what public sources show of
+Campaign. ``default`` gives every refusal a code (some invented, see
+:mod:`.codes`); ``strict`` emits no invented code (see :mod:`.refusals`), needs
+a ``scope`` in IMS token requests, and refuses collections in Ingest/IngestExt.
+Knobs left empty (``ingest_collections``, ``poison_style``) take the profile's
+choice; set, they win over it.
+
 The TOML file holds the keys at top level, or under a ``[simulator]`` table so one
 file can also configure a writer. Tables and arrays::
 
@@ -42,10 +49,9 @@ from typing import Any, TypeVar
 
 from ..errors import ConfigError
 from ..logs import register_secret
-from ..xmltext import check_name, check_qualified_name
-from .faults import KINDS, WINDOW_KINDS, FaultWindow
-from .schemas import DEFAULT_SCHEMAS, AttributeSpec, SchemaSpec
-from .xtktypes import XTK_TYPES
+from .configtables import only, schema_specs, strings, table_list, windows
+from .faults import KINDS, FaultWindow
+from .schemas import DEFAULT_SCHEMAS, SchemaSpec
 
 __all__ = [
     "DEFAULT_IMS_CLIENTS",
@@ -69,13 +75,16 @@ def _knob(
     runtime: bool = True,
     choices: tuple[str, ...] = (),
     cli: bool = True,
+    booleans: tuple[str, str] = ("", ""),
 ) -> T:
+    """A field's default and metadata; ``booleans``: the choices a legacy true/false means."""
     meta = {
         "help": help,
         "kind": kind or type(default).__name__,
         "runtime": runtime,
         "choices": choices,
         "cli": cli,
+        "booleans": booleans,
     }
     return field(default=default, metadata=meta)
 
@@ -101,6 +110,14 @@ class ImsClient:
 DEFAULT_USERS = (User("admin", "admin"),)
 DEFAULT_IMS_CLIENTS = (ImsClient("sim-client", "sim-secret"),)
 LIMITERS = ("sliding", "fixed", "token_bucket")
+PROFILES = ("default", "strict")
+COLLECTION_MODES = ("", "accept", "refuse", "partial")
+POISON_STYLES = ("", "coded", "duplicate", "masked")
+# What an empty ingest_collections or poison_style means in each profile.
+_PROFILE_CHOICES = {
+    "default": {"ingest_collections": "accept", "poison_style": "coded"},
+    "strict": {"ingest_collections": "refuse", "poison_style": "duplicate"},
+}
 
 
 @dataclass(frozen=True)
@@ -124,6 +141,12 @@ class SimulatorConfig:
     seed: int | None = _knob(
         None, "seed of the fault and jitter draws (reproducible runs)", kind="int?", runtime=False
     )
+    profile: str = _knob(
+        "default",
+        "fault wording: default (every refusal coded) or strict (no invented code, as public"
+        " sources show Campaign; IMS needs a scope; Ingest refuses collections)",
+        choices=PROFILES,
+    )
     tps_limit: float = _knob(20.0, "calls per second over all SOAP methods; 0: no limit")
     limiter: str = _knob("sliding", "TPS limiter model", choices=LIMITERS)
     burst: int = _knob(5, "token bucket capacity (limiter token_bucket)")
@@ -145,8 +168,13 @@ class SimulatorConfig:
     retry_after: bool = _knob(True, "send Retry-After with 429")
     retry_after_s: int = _knob(0, "Retry-After value, s; 0: time until the limiter frees a slot")
     throttle_body: bool = _knob(True, "send a JSON body with 429")
-    ingest_collections: bool = _knob(
-        True, "Ingest/IngestExt accept collection documents (else XSV-350105 fault)"
+    ingest_collections: str = _knob(
+        "",
+        "collection documents in Ingest/IngestExt: accept, refuse (a collection fault),"
+        " partial (only the first record stored, answered as a success); empty: the profile"
+        " decides (default accept, strict refuse); true/false mean accept/refuse",
+        choices=COLLECTION_MODES,
+        booleans=("accept", "refuse"),
     )
     require_security_token: bool = _knob(
         True, "a session token sent as cookie/header needs its X-Security-Token"
@@ -167,6 +195,16 @@ class SimulatorConfig:
     rate_laughs: float = _knob(0.0, "share of SOAP calls answered 200 with a billion-laughs DTD")
     rate_huge: float = _knob(0.0, "share of SOAP calls answered 200 with huge_body_bytes of body")
     rate_drip: float = _knob(0.0, "share of SOAP calls processed, then answered a byte at a time")
+    rate_masked: float = _knob(
+        0.0,
+        "share of SOAP calls answered HTTP 500 SOP-330023 under SOAP-ENV:Error, the cause masked"
+        ", not processed (control: masked_s, masked_in_s)",
+    )
+    rate_badlogin: float = _knob(
+        0.0,
+        "share of SOAP calls answered 'Invalid login or password. Connection denied.' with no"
+        " code, not processed (control: badlogin_s, badlogin_in_s)",
+    )
     huge_body_bytes: int = _knob(64 * 1024 * 1024, "size of a 'huge' answer, bytes")
     drip_interval_s: float = _knob(1.0, "pause between the bytes of a 'drip' answer, s")
     hostile_encoding: str = _knob(
@@ -180,6 +218,18 @@ class SimulatorConfig:
     )
     poison_rate: float = _knob(0.0, "share of records refused as data faults (stable per record)")
     poison_marker: str = _knob("__POISON__", "a record with a value containing this is refused")
+    poison_style: str = _knob(
+        "",
+        "how poisoned records are refused: coded (PGS-220000), duplicate (code-less duplicate"
+        " key), masked (HTTP 500 SOP-330023); empty: the profile decides (default coded,"
+        " strict duplicate)",
+        choices=POISON_STYLES,
+    )
+    unique_keys: bool = _knob(
+        False,
+        "the schema key is a unique index: an insert meeting a stored key, or an earlier"
+        " record of its call, fails the call with the code-less duplicate-key fault",
+    )
     fault_methods: tuple[str, ...] = _knob(
         (), "methods the per-call faults apply to, comma-separated; empty: all", kind="methods"
     )
@@ -201,6 +251,20 @@ class SimulatorConfig:
     def scheme(self) -> str:
         return "https" if self.tls_cert else "http"
 
+    @property
+    def strict(self) -> bool:
+        return self.profile == "strict"
+
+    @property
+    def collections_mode(self) -> str:
+        """``ingest_collections``, or the profile's choice when it is empty."""
+        return self.ingest_collections or _PROFILE_CHOICES[self.profile]["ingest_collections"]
+
+    @property
+    def poison_mode(self) -> str:
+        """``poison_style``, or the profile's choice when it is empty."""
+        return self.poison_style or _PROFILE_CHOICES[self.profile]["poison_style"]
+
 
 def knob_fields() -> list[dataclasses.Field[Any]]:
     """The fields of :class:`SimulatorConfig`, in declaration order."""
@@ -216,14 +280,30 @@ _BUILT: dict[str, type] = {
 }
 
 
+_TRUE_WORDS = frozenset({"true", "1", "yes"})
+_BOOLEAN_WORDS = _TRUE_WORDS | {"false", "0", "no"}
+
+
+def _listed(choices: tuple[str, ...]) -> str:
+    return ", ".join(choice or '""' for choice in choices)
+
+
+def _truth(value: object) -> bool | None:
+    """A boolean, or its spelling in a string (any case); None for anything else."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _BOOLEAN_WORDS:
+        return value.lower() in _TRUE_WORDS
+    return None
+
+
 def _coerce(path: str, value: object, meta: Mapping[str, Any]) -> object:
     kind = meta["kind"]
     if kind == "bool":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        truth = _truth(value)
+        if truth is None:
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return truth
     if kind in ("int", "int?"):
         if value is None and kind == "int?":
             return None
@@ -243,10 +323,14 @@ def _coerce(path: str, value: object, meta: Mapping[str, Any]) -> object:
     if kind in ("str", "path"):
         if value is None and kind == "path":
             return None
+        true_means, false_means = meta["booleans"]
+        truth = _truth(value) if true_means else None
+        if truth is not None:
+            return true_means if truth else false_means
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
         if meta["choices"] and value not in meta["choices"]:
-            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(meta['choices'])}")
+            raise ConfigError(f"{path}: {value!r} is not one of {_listed(meta['choices'])}")
         return value
     if kind == "methods":
         items = value.split(",") if isinstance(value, str) else value
@@ -257,65 +341,25 @@ def _coerce(path: str, value: object, meta: Mapping[str, Any]) -> object:
     if built is not None and isinstance(value, tuple) and all(isinstance(v, built) for v in value):
         return value  # already typed, e.g. from load_config or a test fixture
     if kind == "schedule":
-        return _windows(path, value)
+        return windows(path, value)
     if kind == "users":
         return _users(path, value)
     if kind == "clients":
         return _clients(path, value)
     if kind == "schemas":
-        return _schemas(path, value)
+        return schema_specs(path, value)
     raise ConfigError(f"{path}: cannot be set")  # pragma: no cover - every kind is handled
-
-
-def _table_list(path: str, value: object) -> list[Mapping[str, Any]]:
-    if not isinstance(value, list | tuple) or not all(isinstance(v, Mapping) for v in value):
-        raise ConfigError(f"{path}: expected an array of tables")
-    return list(value)
-
-
-def _only(path: str, table: Mapping[str, Any], allowed: set[str], required: set[str]) -> None:
-    problems = [f"{path}.{k}: unknown key" for k in table if k not in allowed]
-    problems += [f"{path}.{k}: required" for k in sorted(required - set(table))]
-    if problems:
-        raise ConfigError(problems)
-
-
-def _strings(path: str, value: object) -> tuple[str, ...]:
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{path}: expected a list of strings")
-    return tuple(value)
-
-
-def _windows(path: str, value: object) -> tuple[FaultWindow, ...]:
-    windows = []
-    for i, table in enumerate(_table_list(path, value)):
-        here = f"{path}[{i}]"
-        _only(here, table, {"kind", "start_s", "end_s", "rate"}, {"kind", "start_s", "end_s"})
-        kind = table["kind"]
-        if kind not in WINDOW_KINDS:
-            raise ConfigError(f"{here}.kind: {kind!r} is not one of {', '.join(WINDOW_KINDS)}")
-        try:
-            window = FaultWindow(
-                str(kind),
-                float(table["start_s"]),
-                float(table["end_s"]),
-                float(table.get("rate", 1.0)),
-            )
-        except (TypeError, ValueError):
-            raise ConfigError(f"{here}: start_s, end_s and rate must be numbers") from None
-        windows.append(window)
-    return tuple(windows)
 
 
 def _users(path: str, value: object) -> tuple[User, ...]:
     users = []
-    for i, table in enumerate(_table_list(path, value)):
+    for i, table in enumerate(table_list(path, value)):
         here = f"{path}[{i}]"
-        _only(here, table, {"login", "password", "schemas"}, {"login", "password"})
+        only(here, table, {"login", "password", "schemas"}, {"login", "password"})
         user = User(
             str(table["login"]),
             str(table["password"]),
-            _strings(f"{here}.schemas", table.get("schemas", [])),
+            strings(f"{here}.schemas", table.get("schemas", [])),
         )
         register_secret(user.password)
         users.append(user)
@@ -324,67 +368,25 @@ def _users(path: str, value: object) -> tuple[User, ...]:
 
 def _clients(path: str, value: object) -> tuple[ImsClient, ...]:
     clients = []
-    for i, table in enumerate(_table_list(path, value)):
+    for i, table in enumerate(table_list(path, value)):
         here = f"{path}[{i}]"
-        _only(
-            here, table, {"client_id", "client_secret", "schemas"}, {"client_id", "client_secret"}
-        )
+        only(here, table, {"client_id", "client_secret", "schemas"}, {"client_id", "client_secret"})
         client = ImsClient(
             str(table["client_id"]),
             str(table["client_secret"]),
-            _strings(f"{here}.schemas", table.get("schemas", [])),
+            strings(f"{here}.schemas", table.get("schemas", [])),
         )
         register_secret(client.client_secret)
         clients.append(client)
     return tuple(clients)
 
 
-def _schemas(path: str, value: object) -> tuple[SchemaSpec, ...]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{path}: expected a table of schemas by id")
-    specs = []
-    for schema_id, table in value.items():
-        here = f"{path}.{schema_id}"
-        check_qualified_name(schema_id, here)
-        if not isinstance(table, Mapping):
-            raise ConfigError(f"{here}: expected a table")
-        _only(here, table, {"attributes", "keys", "auto_stg", "label"}, {"attributes"})
-        attributes = []
-        attrs = table["attributes"]
-        if not isinstance(attrs, Mapping) or not attrs:
-            raise ConfigError(f"{here}.attributes: expected a non-empty table")
-        for name, spec in attrs.items():
-            where = f"{here}.attributes.{name}"
-            check_name(name, where)
-            spec = {"type": spec} if isinstance(spec, str) else spec
-            if not isinstance(spec, Mapping):
-                raise ConfigError(f"{where}: expected a type name or a table")
-            _only(where, spec, {"type", "length"}, set())
-            type_name = spec.get("type", "string")
-            if type_name not in XTK_TYPES:
-                raise ConfigError(f"{where}.type: {type_name!r} is not an XTK type")
-            length = spec.get("length")
-            if length is not None and (not isinstance(length, int) or length < 1):
-                raise ConfigError(f"{where}.length: expected a positive integer")
-            attributes.append(AttributeSpec(name, type_name, length))
-        keys = _strings(f"{here}.keys", table.get("keys", []))
-        for key in keys:
-            if key not in attrs:
-                raise ConfigError(f"{here}.keys: {key!r} is not an attribute of the schema")
-        specs.append(
-            SchemaSpec(
-                schema_id,
-                tuple(attributes),
-                keys,
-                bool(table.get("auto_stg", False)),
-                str(table.get("label", "")),
-            )
-        )
-    return tuple(specs)
-
-
 def _validate(config: SimulatorConfig) -> None:
     problems = []
+    for spec in _FIELDS.values():  # values given to the constructor are not coerced
+        choices, value = spec.metadata["choices"], getattr(config, spec.name)
+        if choices and value not in choices:
+            problems.append(f"{spec.name}: {value!r} is not one of {_listed(choices)}")
     rates = {f"rate_{kind}": getattr(config, f"rate_{kind}") for kind in KINDS}
     for name, rate in [*rates.items(), ("poison_rate", config.poison_rate)]:
         if not 0.0 <= rate <= 1.0:
@@ -470,7 +472,7 @@ def load_config(path: str | Path, base: SimulatorConfig | None = None) -> Simula
             assert isinstance(extra, tuple)
             changes[name] = (*getattr(config, name), *extra)
     if "schemas" in section:
-        extra_schemas = _schemas("schemas", section.pop("schemas"))
+        extra_schemas = schema_specs("schemas", section.pop("schemas"))
         ids = {s.id for s in extra_schemas}
         kept = () if replace else tuple(s for s in config.schemas if s.id not in ids)
         changes["schemas"] = (*kept, *extra_schemas)

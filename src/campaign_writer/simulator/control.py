@@ -6,6 +6,8 @@ field or a bad value gets 400 ``{"errors": [...]}`` and changes nothing.
 
 Knobs (the same names as the config keys and, with dashes, the CLI flags):
 
+* ``profile`` (``default`` or ``strict``: no invented code in any fault, IMS token
+  requests need a ``scope``, Ingest refuses collections; see :mod:`.refusals`);
 * ``tps_limit`` (0: no limit), ``limiter`` (``sliding``, ``fixed``,
   ``token_bucket``), ``burst``;
 * ``latency_ms``, ``latency_per_record_ms``, ``latency_jitter``;
@@ -13,26 +15,37 @@ Knobs (the same names as the config keys and, with dashes, the CLI flags):
 * ``fault_status`` (500, or 200 as older builds), ``session_expired_style``
   (``fault`` or ``text``);
 * ``retry_after`` (bool), ``retry_after_s`` (0: computed), ``throttle_body`` (bool);
-* ``ingest_collections`` (bool), ``require_security_token`` (bool);
+* ``ingest_collections`` (``accept``, ``refuse``, ``partial``: only the first record
+  of a collection is stored; ``""``: the profile decides; ``true``/``false`` mean
+  ``accept``/``refuse``), ``require_security_token`` (bool);
 * ``session_timeout_s``, ``ims_token_ttl_s`` (for sessions and tokens issued next);
-* ``rate_500``, ``rate_502``, ``rate_503``, ``rate_timeout``, ``rate_reset``,
-  ``rate_truncate``, ``rate_html``, ``rate_soap``, ``rate_expire``,
-  ``rate_revoke``, and the hostile answers ``rate_entity``, ``rate_laughs``,
-  ``rate_huge``, ``rate_drip`` (shares of calls, 0..1, adding up to at most 1),
-  ``timeout_hold_s``, ``outage_mode`` (``503``, ``reset``, ``timeout``),
+* shares of calls, 0..1, adding up to at most 1: ``rate_500``, ``rate_502``,
+  ``rate_503``, ``rate_timeout``, ``rate_reset``, ``rate_truncate``, ``rate_html``,
+  ``rate_soap``, ``rate_expire``, ``rate_revoke``; the hostile answers
+  ``rate_entity``, ``rate_laughs``, ``rate_huge``, ``rate_drip``; the code-less
+  instance faults ``rate_masked`` (HTTP 500, ``SOP-330023`` under
+  ``SOAP-ENV:Error``, no detail) and ``rate_badlogin`` (``SOAP-ENV:Client``,
+  ``Invalid login or password. Connection denied.``);
+* ``timeout_hold_s``, ``outage_mode`` (``503``, ``reset``, ``timeout``),
   ``fault_methods`` (list, or comma-separated string; empty: all);
 * ``huge_body_bytes``, ``drip_interval_s``, ``hostile_encoding`` (``utf-8`` or
   ``utf-16-le``): the shape of the hostile answers (see :mod:`.faults`);
-* ``poison_rate`` (0..1), ``poison_marker`` (empty: off);
+* ``poison_rate`` (0..1), ``poison_marker`` (empty: off), ``poison_style``
+  (``coded``, ``duplicate``, ``masked``; ``""``: the profile decides);
+* ``unique_keys`` (bool): an insert meeting a stored schema key, or an earlier
+  record of its call, fails the call with the code-less duplicate-key fault;
 * ``schedule``: a list of ``{"kind", "start_s", "end_s", "rate"}`` windows with
   times in seconds **from now**; replaces every window, outages included.
   Kinds: ``500 502 503 timeout reset truncate html soap expire revoke entity laughs
-  huge drip outage``.
+  huge drip masked badlogin outage``.
 
 Actions:
 
 * ``outage_s``: Campaign is down from now (or from ``outage_in_s``) for that many
   seconds; ``0`` ends every outage window;
+* ``masked_s`` (with ``masked_in_s``) and ``badlogin_s`` (with ``badlogin_in_s``):
+  every call (of ``fault_methods``) gets that fault from now (or after the delay)
+  for that many seconds, a window of rate 1; ``0`` ends the windows of that kind;
 * ``expire_sessions: true``: every session token is invalid from now;
 * ``revoke_tokens: true``: every IMS access token is revoked;
 * ``clear_records: true``: empties every table (and the database file);
@@ -40,7 +53,13 @@ Actions:
 
 ``GET /__sim/control`` returns the same answer without changing anything.
 
-``GET /__sim/stats``: counters (see :meth:`.tenant.Tenant.stats`).
+``GET /__sim/stats``: counters (see :meth:`.tenant.Tenant.stats`). Its
+``faults_by_kind`` counts faults answered by kind (``data``, ``schema``,
+``collection``, ``access``, ``duplicate`` for ``unique_keys``, ``login``,
+``session_expired``, ``unknown_method``, ``malformed``), injected failures as
+``inject:<kind>`` (``inject:masked``, ``inject:badlogin``...), and, as
+``collection_partial``, the successful calls whose collection lost all but its
+first record (``ingest_collections = "partial"``).
 ``GET /__sim/records?schema=ID&offset=0&limit=1000``: ``{"records": [...],
 "total": n}``, rows in insertion order as attribute name to string value, plus
 ``__uuid`` and ``__committed_at``; ``limit`` is at most 100000.
@@ -66,9 +85,10 @@ __all__ = ["ACTIONS", "add_routes", "apply_control", "runtime_knobs"]
 
 log = get_logger("simulator.control")
 
+# Kinds a control action opens a window of: "<kind>_s" seconds, from "<kind>_in_s".
+WINDOW_ACTIONS = ("outage", "masked", "badlogin")
 ACTIONS = (
-    "outage_s",
-    "outage_in_s",
+    *(f"{kind}{suffix}" for kind in WINDOW_ACTIONS for suffix in ("_s", "_in_s")),
     "expire_sessions",
     "revoke_tokens",
     "clear_records",
@@ -103,17 +123,22 @@ def apply_control(tenant: Tenant, changes: Mapping[str, Any]) -> dict[str, Any]:
     """Apply one control request; raises ConfigError (and changes nothing) when it is wrong."""
     knobs = {k: v for k, v in changes.items() if k not in ACTIONS}
     config = apply_changes(tenant.config, knobs, source="control", runtime_only=True)
-    outage = _number(changes, "outage_s") if "outage_s" in changes else None
-    delay = _number(changes, "outage_in_s")
+    # Every duration is checked before anything changes, even a delay sent alone.
+    timed = {
+        kind: (_number(changes, f"{kind}_s"), _number(changes, f"{kind}_in_s"))
+        for kind in WINDOW_ACTIONS
+    }
     done: dict[str, Any] = {}
     tenant.reconfigure(config)
     if "schedule" in knobs:
         tenant.plan.set_schedule(config.schedule, origin=tenant.clock())
-    if outage is not None:
-        if outage > 0:
-            tenant.plan.add_window("outage", outage, delay)
+    for kind, (duration, delay) in timed.items():
+        if f"{kind}_s" not in changes:
+            continue
+        if duration > 0:
+            tenant.plan.add_window(kind, duration, delay)
         else:
-            tenant.plan.clear("outage")
+            tenant.plan.clear(kind)
     if changes.get("expire_sessions"):
         done["expired_sessions"] = tenant.auth.expire_sessions()
     if changes.get("revoke_tokens"):

@@ -1,11 +1,11 @@
 """The tenant's weather: SOAP faults as Campaign shapes them, and injected failures.
 
 Fault bodies follow ``campaign-protocol.md`` section 5: ``SOAP-ENV:Fault`` with
-``faultcode``, ``faultstring`` and a ``detail`` chain of coded lines. A failed
-write says ``SOP-330011 Error while executing the method ...`` in faultstring and
-puts the cause first in detail, so :func:`campaign_writer.outcome.classify` finds
-the decisive code: a data code (record scope), ``UNKNOWN_SCHEMA`` (batch scope) or
-``COLLECTION_UNSUPPORTED`` (collection scope).
+``faultcode``, ``faultstring`` and an optional ``detail``. In the default profile a
+failed write says ``SOP-330011 Error while executing the method ...`` in faultstring
+and puts the coded cause first in detail: a data code, ``UNKNOWN_SCHEMA`` or
+``COLLECTION_UNSUPPORTED``. How each refusal is worded, and the code-less wording of
+the ``strict`` profile, is in :mod:`.refusals`.
 
 Injected failures (kinds in :data:`KINDS`) are drawn once per SOAP call, by rate
 and by schedule, from one seeded generator so a run can be replayed. The kinds
@@ -17,7 +17,12 @@ are exclusive: one uniform draw picks at most one. Where each one happens:
   (the case that makes at-least-once delivery write duplicates);
 * ``soap``: a transient ``SOAP-ENV:Server`` fault without a Campaign code;
 * ``expire`` and ``revoke``: the call's session (or IMS token) is invalidated and
-  the call gets ``XSV-350008``.
+  the call gets ``XSV-350008``;
+* ``masked`` and ``badlogin``: before the call is processed, the two code-less shapes
+  of ``campaign-protocol.md`` section 5.4a that a whole instance can answer every call
+  with: ``SOP-330023`` under ``SOAP-ENV:Error`` on HTTP 500 (the cause hidden), and
+  ``Invalid login or password. Connection denied.`` under ``SOAP-ENV:Client`` (their
+  texts are in :mod:`.refusals`).
 
 Hostile answers (:data:`HOSTILE_KINDS`), for testing that a client refuses them
 within bounded memory and time. ``entity``, ``laughs`` and ``huge`` are a 200 sent
@@ -46,7 +51,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from .codes import EXECUTION_ERROR, METHOD_UNKNOWN, SAVE_FAILED, SESSION_EXPIRED
+from .codes import EXECUTION_ERROR, METHOD_UNKNOWN, SESSION_EXPIRED
 
 __all__ = [
     "HOSTILE_KINDS",
@@ -61,7 +66,6 @@ __all__ = [
     "html_page",
     "huge_body_chunks",
     "poisoned",
-    "record_fault",
     "session_expired",
     "unknown_method",
 ]
@@ -81,6 +85,8 @@ KINDS = (
     "expire",
     "revoke",
     *HOSTILE_KINDS,
+    "masked",
+    "badlogin",
 )
 WINDOW_KINDS = (*KINDS, "outage")
 
@@ -102,16 +108,27 @@ def _escape(text: str) -> str:
 
 
 class SimFault(Exception):
-    """A SOAP fault the simulator answers with; ``kind`` is counted in the stats."""
+    """A SOAP fault the simulator answers with; ``kind`` is counted in the stats.
+
+    ``status`` fixes the HTTP status of this answer; ``None`` leaves it to the
+    ``fault_status`` knob.
+    """
 
     def __init__(
-        self, faultcode: str, faultstring: str, detail: str = "", *, kind: str = "soap"
+        self,
+        faultcode: str,
+        faultstring: str,
+        detail: str = "",
+        *,
+        kind: str = "soap",
+        status: int | None = None,
     ) -> None:
         super().__init__(faultstring)
         self.faultcode = faultcode
         self.faultstring = faultstring
         self.detail = detail
         self.kind = kind
+        self.status = status
         self.schema = ""  # the schema of the refused document, for the call log
 
     def body(self) -> bytes:
@@ -137,16 +154,6 @@ def execution_fault(method: str, service: str, detail: str, *, kind: str) -> Sim
     """``SOP-330011`` with the cause in ``detail``: how Campaign reports a failed method."""
     text = f"{EXECUTION_ERROR} Error while executing the method '{method}' of service '{service}'."
     return SimFault("SOAP-ENV:Server", text, detail, kind=kind)
-
-
-def record_fault(
-    method: str, service: str, schema_id: str, code: str, text: str, where: str
-) -> SimFault:
-    """A record the database refused: the cause, where it is, then the save failure."""
-    detail = (
-        f"{code} {text} ({where})\n{SAVE_FAILED} Unable to save document of type '{schema_id}'."
-    )
-    return execution_fault(method, service, detail, kind="data")
 
 
 def session_expired() -> SimFault:

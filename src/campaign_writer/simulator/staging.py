@@ -13,34 +13,35 @@ Semantics (``campaign-protocol.md`` section 4):
 
 A document is one entity (``<sampleTableStg xtkschema=.../>``), a
 ``<name>-collection`` root, or, as Adobe's SDK writes collections, an entity root
-whose children are entities. Ingest and IngestExt take collections only while
-``ingest_collections`` is on; a real instance's behaviour is not established.
+whose children are entities. What Ingest and IngestExt do with a collection is
+not established for a real instance, so ``ingest_collections`` plays each guess:
+``accept`` (every record), ``refuse`` (a collection fault) or ``partial`` (only the
+first record is read and stored, the rest dropped unseen, and the call answers as a
+success: an unkeyed Ingest returns that one record's UUID).
 
 Each call is a transaction: every record is checked first, and the first bad one
-fails the call with a fault naming it (``record 3 of 10, id='A3'``); only then are
-the changes applied. Nothing awaits in between, so concurrent calls never see each
-other half-done. Per-record work is one dict copy of the attributes, set checks and
-the type checks of non-string attributes.
+fails the call with a fault naming it (``record 3 of 10, id='A3'``; the ``strict``
+profile names none, see :mod:`.refusals`); only then are the changes applied.
+Nothing awaits in between, so concurrent calls never see each other half-done.
+Per-record work is one dict copy of the attributes, set checks and the type checks
+of non-string attributes.
+
+With ``unique_keys`` on, the schema key is a unique index, as on a local PostgreSQL
+table: an insert (``_operation="insert"``, or Ingest without ``_key``) whose key
+values are already stored, or repeat an earlier record of the call, fails the call
+with the code-less duplicate-key fault.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import NamedTuple
 
 from lxml import etree
 
 from .auth import Principal
-from .codes import (
-    ACCESS_DENIED,
-    BAD_VALUE,
-    COLLECTION_UNSUPPORTED,
-    MISSING_KEY,
-    PG_ERROR,
-    UNKNOWN_ATTRIBUTE,
-    UNKNOWN_SCHEMA,
-)
-from .faults import SimFault, execution_fault, poisoned, record_fault
+from .codes import BAD_VALUE, MISSING_KEY, UNKNOWN_ATTRIBUTE, UNKNOWN_SCHEMA
+from .faults import SimFault, poisoned
+from .refusals import Refusals
 from .schemas import Catalog, Schema
 from .tables import COMMITTED_AT, UUID, Store, Table, new_uuids
 
@@ -53,19 +54,23 @@ _SEPARATOR = "\x1f"
 
 
 class Knobs(NamedTuple):
-    """The config values a write depends on."""
+    """The config values a write depends on, the profile's choices already made."""
 
-    ingest_collections: bool
+    collections: str  # accept, refuse or partial
     poison_rate: float
     poison_marker: str
+    poison_style: str  # coded, duplicate or masked
+    unique_keys: bool
+    strict: bool
 
 
 class Written(NamedTuple):
-    """What a successful write call did."""
+    """What a successful write call did; ``partial``: a collection lost all but one record."""
 
     schema_id: str
     records: int
     uuids: list[str]
+    partial: bool = False
 
 
 class _Change(NamedTuple):
@@ -91,34 +96,7 @@ def count_entities(doc: etree._Element | None) -> int:
     return 1
 
 
-class _Call:
-    """One write call being checked: names the method and the record in every fault."""
-
-    def __init__(self, method: str, service: str, schema_id: str) -> None:
-        self.method = method
-        self.service = service
-        self.schema_id = schema_id
-
-    def schema_fault(self, code: str, text: str) -> SimFault:
-        return execution_fault(self.method, self.service, f"{code} {text}", kind="schema")
-
-    def record_fault(
-        self,
-        code: str,
-        text: str,
-        index: int,
-        count: int,
-        attrs: dict[str, str],
-        keys: Sequence[str],
-    ) -> SimFault:
-        where = f"record {index + 1} of {count}"
-        shown = [f"{k}={attrs[k]!r}" for k in keys if k in attrs]
-        if shown:
-            where += ", " + ", ".join(shown)
-        return record_fault(self.method, self.service, self.schema_id, code, text, where)
-
-
-def _schema_of(call: _Call, doc: etree._Element, catalog: Catalog, method: str) -> Schema:
+def _schema_of(call: Refusals, doc: etree._Element, catalog: Catalog, method: str) -> Schema:
     schema_id = doc.get("xtkschema")
     if not schema_id and len(doc) and isinstance(doc[0].tag, str):
         schema_id = doc[0].get("xtkschema")
@@ -128,6 +106,7 @@ def _schema_of(call: _Call, doc: etree._Element, catalog: Catalog, method: str) 
     schema = catalog.get(schema_id)
     if schema is None:
         raise call.schema_fault(UNKNOWN_SCHEMA, f"The schema '{schema_id}' is unknown.")
+    call.schema = schema
     if method in _INGEST and not schema.staging:
         raise call.schema_fault(
             UNKNOWN_SCHEMA,
@@ -137,8 +116,9 @@ def _schema_of(call: _Call, doc: etree._Element, catalog: Catalog, method: str) 
 
 
 def _entities(
-    call: _Call, doc: etree._Element, schema: Schema, method: str, collections: bool
-) -> list[etree._Element]:
+    call: Refusals, doc: etree._Element, schema: Schema, method: str, collections: str
+) -> tuple[list[etree._Element], bool]:
+    """The entities of ``doc``, and whether it is a collection."""
     element = schema.element
     root = _local(doc.tag)
     if root == f"{element}-collection":
@@ -150,18 +130,14 @@ def _entities(
             UNKNOWN_SCHEMA, f"Element '{root}' is not an entity of schema '{schema.id}'."
         )
     if not collection:
-        return [doc]
-    if method in _INGEST and not collections:
-        raise execution_fault(
-            method,
-            call.service,
-            f"{COLLECTION_UNSUPPORTED} {method} does not accept a collection document"
-            f" ('{root}'); send one entity per call.",
-            kind="collection",
+        return [doc], False
+    if method in _INGEST and collections == "refuse":
+        raise call.collection(
+            f"{method} does not accept a collection document ('{root}'); send one entity per call."
         )
     entities: list[etree._Element] = doc.findall(element)  # in C: the common case
     if len(entities) == len(doc):
-        return entities
+        return entities, True
     entities = []  # namespaced entities, or a stray element to name in the fault
     for child in doc:
         tag = child.tag
@@ -172,11 +148,11 @@ def _entities(
                 UNKNOWN_ATTRIBUTE, f"Element '{_local(tag)}' is not defined in '{root}'."
             )
         entities.append(child)
-    return entities
+    return entities, True
 
 
 def _key_names(
-    call: _Call, spec: str, schema: Schema, cache: dict[str, tuple[str, ...]]
+    call: Refusals, spec: str, schema: Schema, cache: dict[str, tuple[str, ...]]
 ) -> tuple[str, ...]:
     names = cache.get(spec)
     if names is not None:
@@ -196,14 +172,10 @@ def _key_names(
     return names
 
 
-def _check_access(call: _Call, principal: Principal, schema: Schema) -> None:
+def _check_access(call: Refusals, principal: Principal, schema: Schema) -> None:
     if principal.schemas and schema.id not in principal.schemas:
-        raise execution_fault(
-            call.method,
-            call.service,
-            f"{ACCESS_DENIED} Access denied: operator '{principal.login}' may not write"
-            f" to schema '{schema.id}'.",
-            kind="access",
+        raise call.access(
+            f"Access denied: operator '{principal.login}' may not write to schema '{schema.id}'."
         )
 
 
@@ -220,26 +192,32 @@ def write(
     stamp: str,
 ) -> Written:
     """Check every record of ``doc``, then apply them; raises SimFault on the first bad one."""
-    call = _Call(method, service, "")
+    call = Refusals(method, service, strict=knobs.strict)
     if doc is None:
         raise call.schema_fault(BAD_VALUE, f"{method} needs a document as its first parameter.")
     try:
         schema = _schema_of(call, doc, catalog, method)
         _check_access(call, principal, schema)
-        entities = _entities(call, doc, schema, method, knobs.ingest_collections)
+        entities, collection = _entities(call, doc, schema, method, knobs.collections)
+        received = len(entities)
+        partial = collection and method in _INGEST and knobs.collections == "partial"
+        if partial:
+            del entities[1:]
         changes = _check(call, schema, entities, method, knobs, marker_in_body)
+        table = store.table(schema.id)
+        assert table is not None
+        if knobs.unique_keys and schema.keys:
+            _check_unique(call, table, schema.keys, changes)
     except SimFault as fault:
         fault.schema = call.schema_id
         raise
-    table = store.table(schema.id)
-    assert table is not None
     uuids = _apply(table, changes, stamp)
     store.commit()
-    return Written(schema.id, len(entities), uuids)
+    return Written(schema.id, received, uuids, partial and received > 1)
 
 
 def _check(
-    call: _Call,
+    call: Refusals,
     schema: Schema,
     entities: list[etree._Element],
     method: str,
@@ -278,7 +256,7 @@ def _check(
                     if name.startswith("_"):
                         del attrs[name]  # a directive the simulator does not model
                         continue
-                    raise call.record_fault(
+                    raise call.record(
                         UNKNOWN_ATTRIBUTE,
                         f"Attribute '{name}' is not defined in schema '{schema.id}'.",
                         index,
@@ -289,10 +267,10 @@ def _check(
         for name, limit in lengths:
             value = attrs.get(name)
             if value is not None and len(value) > limit:
-                raise call.record_fault(
-                    PG_ERROR,
-                    f"PostgreSQL error: ERROR:  value too long for type character varying({limit})"
-                    f" (attribute '{name}').",
+                pg_error = f"value too long for type character varying({limit})"
+                raise call.database(
+                    pg_error,
+                    f"PostgreSQL error: ERROR:  {pg_error} (attribute '{name}').",
                     index,
                     count,
                     attrs,
@@ -303,7 +281,7 @@ def _check(
             if value:
                 problem = check(value)
                 if problem is not None:
-                    raise call.record_fault(
+                    raise call.record(
                         BAD_VALUE,
                         f"Invalid value for attribute '{name}': {problem}.",
                         index,
@@ -314,7 +292,7 @@ def _check(
         # What the record asks for, per method.
         if ingest:
             if operation not in (None, "insert", "insertOrUpdate"):
-                raise call.record_fault(
+                raise call.record(
                     BAD_VALUE,
                     f"Ingest only inserts; _operation='{operation}' is not allowed.",
                     index,
@@ -326,7 +304,7 @@ def _check(
         elif operation is None:
             kind = "upsert"
         elif operation not in _OPERATIONS:
-            raise call.record_fault(
+            raise call.record(
                 BAD_VALUE, f"Invalid _operation '{operation}'.", index, count, attrs, names
             )
         elif operation == "none":
@@ -343,7 +321,7 @@ def _check(
                 values = ("",)
             if not values or "" in values:
                 missing = [n for n in names if not attrs.get(n)] or ["(no key defined)"]
-                raise call.record_fault(
+                raise call.record(
                     MISSING_KEY,
                     f"No value for key '{', '.join('@' + m for m in missing)}' of schema"
                     f" '{schema.id}'; cannot reconcile the record.",
@@ -353,15 +331,7 @@ def _check(
                     names,
                 )
         if marker and any(marker in v for v in attrs.values()):
-            raise call.record_fault(
-                PG_ERROR,
-                "PostgreSQL error: ERROR:  new row violates check constraint"
-                " (simulated poison record: marker).",
-                index,
-                count,
-                attrs,
-                names,
-            )
+            raise call.poison(knobs.poison_style, "marker", index, count, attrs, names)
         if rate:
             text = (
                 _SEPARATOR.join(values)
@@ -369,17 +339,34 @@ def _check(
                 else _SEPARATOR.join(f"{k}={v}" for k, v in sorted(attrs.items()))
             )
             if poisoned(text, rate):
-                raise call.record_fault(
-                    PG_ERROR,
-                    "PostgreSQL error: ERROR:  new row violates check constraint"
-                    " (simulated poison record: rate).",
-                    index,
-                    count,
-                    attrs,
-                    names,
-                )
+                raise call.poison(knobs.poison_style, "rate", index, count, attrs, names)
         append(_Change(kind, names, values, attrs, ingest and not key_spec))
     return changes
+
+
+def _check_unique(
+    call: Refusals, table: Table, keys: tuple[str, ...], changes: list[_Change]
+) -> None:
+    """Refuse the call if one of its inserts meets a stored key or an earlier record's."""
+    stored = table.index(keys)
+    present: dict[tuple[str, ...], bool] = {}  # key values this call creates or deletes
+    for change in changes:
+        values = tuple([change.attrs.get(k, "") for k in keys])
+        if "" in values:
+            continue  # NULL never meets a unique index
+        exists = present.get(values)
+        if exists is None:
+            exists = values in stored
+        if change.operation == "insert":
+            if exists:
+                raise call.duplicate()
+            present[values] = True
+        elif change.operation == "delete" and change.names == keys:
+            present[values] = False
+        elif change.operation == "upsert":
+            present[values] = True
+    # Not tracked, being rare within one call: an update, which gives a row these key
+    # values only if its row exists, and a delete reconciled on another key.
 
 
 def _apply(table: Table, changes: list[_Change], stamp: str) -> list[str]:

@@ -198,10 +198,19 @@ class Tenant:
             catalog=self.catalog,
             store=self.store,
             principal=principal,
-            knobs=Knobs(config.ingest_collections, config.poison_rate, config.poison_marker),
+            knobs=Knobs(
+                config.collections_mode,
+                config.poison_rate,
+                config.poison_marker,
+                config.poison_mode,
+                config.unique_keys,
+                config.strict,
+            ),
             marker_in_body=marker_in_body,
             stamp=stamp,
         )
+        if written.partial:
+            self.faults_by_kind["collection_partial"] += 1
         outputs = out_string("pstrSUuids", ",".join(written.uuids)) if method == "Ingest" else ""
         return response(method, _DEFAULT_NS, outputs), written
 

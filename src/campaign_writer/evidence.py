@@ -1,0 +1,161 @@
+"""Whose fault is it? A lane's calls as evidence: a bad record, or a broken instance.
+
+Campaign's faults often do not say (``campaign-protocol.md`` section 5.4a), so no
+record is judged by its fault alone. A record is bad when it fails *alone* while
+records sent the same way (the same lane) succeed; a fault that every record meets
+belongs to the instance and dead-letters nothing.
+
+:class:`LaneHealth` keeps that evidence for one lane:
+
+* ``streak``: calls refused since the lane's last success. At ``suspect_after`` (a
+  setting) the
+  refusals look like the instance's, and delivery sends one record alone as a
+  control before it goes on splitting; if the control fails too, the lane is
+  *suspect*: it pauses with a growing delay, then probes one record at a time
+  (rotating, so one bad record cannot pass for a broken instance) until a call
+  succeeds again.
+* ``epoch``: successes so far. A record's failures alone are *strikes*, each noted
+  with the epoch it happened in. A strike is proven when a call of the same lane
+  succeeded after it (a later epoch), or when the record's sibling in a split
+  succeeded while it failed. Turning suspect voids the unproven strikes of the
+  current epoch: they may have been the instance's. A refusal of a record already
+  proven bad is explained by it and does not add to the streak.
+* collection evidence: a collection of two refused while each of its records passes
+  alone, twice with no collection passing in between, means the method refuses
+  collections. Collections refused while single records pass only raise the doubt
+  (:meth:`LaneHealth.doubts_collections`), which makes delivery split off such pairs.
+
+Everything here is synchronous and takes the time as an argument; the dispatcher
+drives it, and it is tested without a network or a clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+__all__ = ["LaneHealth", "Strike", "Verdict"]
+
+
+class Strike(NamedTuple):
+    """One failure of a record sent alone."""
+
+    epoch: int  # the lane's successes before it
+    by_sibling: bool  # its sibling in a split succeeded beside it
+    fault: str  # what Campaign answered
+
+
+# Collections refused, with no collection passing, before a lane doubts collections.
+COLLECTION_DOUBT = 3
+# Collections of two refused while both records pass alone, with no collection
+# passing in between, before a lane concludes that its method refuses collections.
+CLEAN_PAIRS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a record's failure alone means: dead-letter it now, or try it again."""
+
+    dead: bool
+    strikes: tuple[Strike, ...]
+
+
+@dataclass(slots=True)
+class LaneHealth:
+    """The evidence one lane's calls give; see the module docstring."""
+
+    streak: int = 0
+    epoch: int = 0
+    voided: set[int] = field(default_factory=set)
+    suspect_since: float | None = None  # monotonic time the suspicion began
+    reason: str = ""  # the fault text that made the lane suspect
+    pauses: int = 0  # pauses in the current suspicion, for the growing delay
+    suspicions: int = 0  # suspicions over the lane's life
+    last_told: float = 0.0  # when the log last said the lane is paused
+    collections_failed: int = 0
+    single_delivered: int = 0
+    clean_pairs: int = 0
+
+    @property
+    def suspect(self) -> bool:
+        return self.suspect_since is not None
+
+    def succeeded(self, collection: bool) -> float | None:
+        """A call of the lane succeeded; ``collection``: its document was a collection.
+
+        Returns when the suspicion it ends began (monotonic), or None.
+        """
+        self.streak = 0
+        self.epoch += 1
+        if collection:
+            self.collections_failed = self.single_delivered = self.clean_pairs = 0
+        else:
+            self.single_delivered += 1
+        ended = None
+        if self.suspect_since is not None:
+            ended = self.suspect_since
+            self.suspect_since = None
+            self.pauses = 0
+            self.reason = ""
+        return ended
+
+    def refused(self, collection: bool, explained: bool = False) -> None:
+        """A call of the lane was refused with a fault (not throttled, not transient).
+
+        ``explained``: it carried one record already proven bad, which says nothing
+        about the lane, so it does not count toward the streak.
+        """
+        if not explained:
+            self.streak += 1
+        if collection:
+            self.collections_failed += 1
+
+    def needs_control(self, suspect_after: int) -> bool:
+        """Refusals enough in a row that a record alone must show the lane still works."""
+        return self.streak >= suspect_after
+
+    def doubts_collections(self) -> bool:
+        """Collections keep failing, none passing, while single records pass."""
+        return self.collections_failed >= COLLECTION_DOUBT and self.single_delivered > 0
+
+    def clean_pair(self) -> None:
+        """A collection of two was refused, and each of its records then passed alone."""
+        self.clean_pairs += 1
+
+    def collections_refused(self) -> bool:
+        """Whether the evidence shows that the method refuses collection documents."""
+        return self.clean_pairs >= CLEAN_PAIRS
+
+    def turn_suspect(self, now: float, reason: str) -> bool:
+        """Every record meets the fault: suspect the instance. True if newly suspect."""
+        self.voided.add(self.epoch)
+        if self.suspect_since is not None:
+            return False
+        self.suspect_since = now
+        self.reason = reason
+        self.suspicions += 1
+        return True
+
+    def next_pause(self, initial_s: float, max_s: float) -> float:
+        """The next pause of a suspect lane: doubling from ``initial_s``, capped at ``max_s``."""
+        self.pauses += 1
+        doublings = min(self.pauses - 1, 32)
+        return float(min(max_s, initial_s * 2.0**doublings))
+
+    def proven(self, strikes: tuple[Strike, ...]) -> bool:
+        """Whether a record's strikes already prove it bad (see :meth:`judge`)."""
+        return any(
+            s.by_sibling or (s.epoch < self.epoch and s.epoch not in self.voided) for s in strikes
+        )
+
+    def judge(
+        self, strikes: tuple[Strike, ...], fault: str, sibling_ok: bool, allowed: int
+    ) -> Verdict:
+        """A record failed alone: add a strike, and say whether it is now proven bad.
+
+        It is dead once it has ``allowed`` strikes that no suspicion voided and one of
+        them is proven (a sibling succeeded beside it, or the lane succeeded since).
+        """
+        kept = tuple(s for s in strikes if s.by_sibling or s.epoch not in self.voided)
+        kept += (Strike(self.epoch, sibling_ok, fault),)
+        return Verdict(len(kept) >= allowed and self.proven(kept), kept)
