@@ -146,6 +146,13 @@ def _outage(case: Case, run: Run, limits: Limits) -> dict[str, Any]:
     return result
 
 
+def _masked(case: Case, run: Run) -> dict[str, Any]:
+    """What an instance-wide masked fault cost: calls answered with it, per minute."""
+    spent = sum(1 for c in run["calls"] if c["outcome"] == "inject:masked")
+    minutes = case.extra["outage_s"] / 60.0
+    return {"masked_calls": spent, "masked_calls_per_min": spent / minutes if minutes else None}
+
+
 def _accounting(run: Run) -> dict[str, Any]:
     sent = run["sent"]
     delivered = run.get("delivered_distinct")
@@ -176,8 +183,10 @@ def run_figures(case: Case, run: Run) -> dict[str, Any]:
     figures.update(_intake(case, run))
     if case.scenario == "limit-drop":
         figures.update(_limit_drop(case, run, limits))
-    if case.scenario == "outage":
+    if case.scenario in ("outage", "masked"):
         figures.update(_outage(case, run, limits))
+    if case.scenario == "masked":
+        figures.update(_masked(case, run))
     if case.load in ("poisson", "burst"):
         figures.update(_accounting(run))
     figures["machine_other_cores"] = run.get("other_cores")

@@ -305,7 +305,7 @@ class Bench:
                 else:
                     values.append(round(found[1] - found[0], 5))
         run["e2e"] = {"values": values, "missing": missing}
-        if case.scenario == "outage":
+        if case.scenario in ("outage", "masked"):
             outage_end = t0 + case.extra["outage_start_s"] + case.extra["outage_s"]
             before = [
                 n

@@ -183,6 +183,9 @@ def build_cases(mode: str) -> dict[str, list[Case]]:
         mode, (3.0, 8.0, 12.0, 15.0), (10.0, 60.0, 60.0, 90.0)
     )
     (faults_events,) = _durations(mode, (3000.0,), (20000.0,))
+    masked_pre, masked, masked_post, masked_drain = _durations(
+        mode, (3.0, 12.0, 8.0, 30.0), (10.0, 60.0, 30.0, 90.0)
+    )
     (faults_drain,) = _durations(mode, (45.0,), (180.0,))
     memory_events = 100_000 if mode == "quick" else 1_000_000
     limit_drop = Case(
@@ -326,6 +329,34 @@ def build_cases(mode: str) -> dict[str, list[Case]]:
             )
         ],
         "faults": [
+            Case(
+                name="faults/masked",
+                scenario="masked",
+                description=(
+                    f"Poisson load at 50% of capacity; every call answered SOP-330023 (HTTP 500,"
+                    f" SOAP-ENV:Error, no detail) for {masked:g} s from {masked_pre:g} s, as an"
+                    " instance after a broken upgrade: records dead-lettered (target 0), calls"
+                    " spent during the fault, time to drain after it."
+                ),
+                load="poisson",
+                warmup_s=0.0,
+                duration_s=masked_pre + masked + masked_post,
+                drain_s=masked_drain,
+                rate_share=0.5,
+                phases=(Phase(masked_pre, {"masked_s": masked}, "masked fault"),),
+                needs_records=True,
+                figures=(
+                    "dead_lettered",
+                    "masked_calls",
+                    "masked_calls_per_min",
+                    "lost",
+                    "drain_s",
+                    "drain_records_per_s",
+                    "delivered_share",
+                    "e2e_p99_ms",
+                ),
+                extra={"outage_start_s": masked_pre, "outage_s": masked},
+            ),
             Case(
                 name="faults",
                 scenario="faults",

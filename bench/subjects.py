@@ -55,6 +55,8 @@ def writer_settings(
     """The ``--set`` overrides every writer-like subject runs with."""
     return [
         f'campaign.url="{campaign_url}"',
+        # The example logs on with IMS (as v8.6+ requires); the simulator issues the tokens.
+        f'campaign.auth.ims_url="{campaign_url}/ims/token/v3"',
         f"campaign.tps_limit={tps:g}",
         f'queue.path="{queue_path}"',
         'http.listen="127.0.0.1:0"',

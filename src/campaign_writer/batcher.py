@@ -209,10 +209,18 @@ class Lane:
 
         A suspect lane gives one entry at a time, and an entry with strikes goes alone.
         """
-        limit = max_records if self.collections and not self.health.suspect else 1
+        suspect = self.health.suspect
+        limit = max_records if self.collections and not suspect else 1
         chosen: list[Hashable] = []
         size = 0
-        for slot, chain in self.pending.items():
+        if suspect:
+            # A probe: a record not suspected itself says more about the lane.
+            for slot, chain in self.pending.items():
+                if slot not in self.held and not chain[0].strikes:
+                    chosen.append(slot)
+                    size = chain[0].size
+                    break
+        for slot, chain in self.pending.items() if not chosen else ():
             if slot in self.held:
                 continue
             if chain[0].strikes:

@@ -45,6 +45,7 @@ from .auth import Authenticator
 from .batcher import Batch, Batcher, Entry, Lane, LaneId
 from .documents import fragments_document
 from .errors import AuthError, QueueError, TransportError
+from .evidence import Strike
 from .logs import get_logger
 from .metrics import Metrics
 from .outcome import AuthExpired, Fatal, Ok, Outcome, Reject, Retry, Throttled
@@ -58,6 +59,15 @@ log = get_logger("dispatcher")
 
 # How often the log says again that a lane is paused on a fault every record meets.
 FAULT_REMINDER_S = 300.0
+# Records sent alone, one after another, before refusals with no success in between
+# are taken for the instance's fault (see Dispatcher._control).
+CONTROLS = 2
+# Strikes an entry keeps, newest last (voided ones included; see evidence.py).
+MAX_STRIKES = 8
+# The end of a stream: at most this many records left, all refused alone already, and
+# the lane's last success no older than this (see Dispatcher._tail_control).
+TAIL_RECORDS = 10
+TAIL_WINDOW_S = 600.0
 
 
 class LeasedRecord(Protocol):
@@ -206,6 +216,7 @@ class Dispatcher:
             "bisections": 0,
             "fault_pauses": 0,
             "partial_collections": 0,
+            "tail_controls": 0,
         }
 
     # --- lifecycle -------------------------------------------------------------------
@@ -441,20 +452,15 @@ class Dispatcher:
                 outcome = await self._attempt(batch, part, False)
                 if isinstance(outcome, _Refused):
                     await self._judge(batch, part[0], outcome, sibling_ok=sibling_ok)
-                elif outcome is None:
-                    self.batcher.put_back(batch, [e for rest in work for e in rest])
-                    return
                 sibling_ok = False
                 continue
             if health.needs_control(self.retry.suspect_after):
-                control, part = part[:1], part[1:]
-                outcome = await self._attempt(batch, control, False)
-                if outcome is None or isinstance(outcome, _Refused):
-                    if isinstance(outcome, _Refused):
-                        self._suspect(batch, outcome.fault)
-                        self.batcher.put_back(batch, control, rotate=True)
-                    self.batcher.put_back(batch, part + [e for rest in work for e in rest])
+                rest = await self._control(batch, part, work)
+                if rest is None:
                     return
+                part = rest
+                if not part:
+                    continue
                 if len(part) == 1:
                     # The control, sent the same way beside it, succeeded.
                     work.appendleft(part)
@@ -473,19 +479,100 @@ class Dispatcher:
                 for half, outcome in zip(halves, outcomes, strict=True)
                 if isinstance(outcome, _Refused)
             ]
-            if any(outcome is None for outcome in outcomes):
-                self.batcher.put_back(
-                    batch, [e for half, _ in refused for e in half] + [e for p in work for e in p]
-                )
-                return
-            if not refused and collection and len(part) == 2:
+            # A half met a transient failure (it went back to the lane, backed off):
+            # it proves nothing either way, and the other half is judged alone.
+            if not refused and collection and len(part) == 2 and None not in outcomes:
                 health.clean_pair()
                 self._collections_evidence(batch)
             for half, outcome in refused:
                 if len(half) > 1:
                     work.append(half)
                 else:
-                    await self._judge(batch, half[0], outcome, sibling_ok=len(refused) == 1)
+                    await self._judge(
+                        batch,
+                        half[0],
+                        outcome,
+                        sibling_ok=len(refused) == 1 and None not in outcomes,
+                    )
+
+    async def _control(
+        self, batch: Batch, part: list[Entry], work: deque[list[Entry]]
+    ) -> list[Entry] | None:
+        """Refusals piled up with no success: do records sent alone still pass?
+
+        Up to :data:`CONTROLS` records of ``part`` are sent alone, those without strikes
+        first. One passing proves the lane works (a control refused beside it is then a
+        record failing alone while another succeeds); the rest of ``part`` is returned
+        to go on splitting. All refused: the instance's fault; the lane pauses and
+        everything goes back (None is returned, as when the isolation must stop). A
+        transient failure of a control leaves the question open: everything goes back.
+        """
+        candidates = [e for e in part if not e.strikes] or list(part)
+        refused: list[tuple[Entry, _Refused]] = []
+        tried = candidates[:CONTROLS]
+        for control in tried:
+            part = [e for e in part if e is not control]
+            outcome = await self._attempt(batch, [control], False)
+            if isinstance(outcome, Ok):
+                for entry, refusal in refused:
+                    await self._judge(batch, entry, refusal, sibling_ok=True)
+                return part
+            if outcome is not None:
+                refused.append((control, outcome))
+            # None: a transient failure; the control went back to the lane.
+        if len(refused) < len(tried):
+            # Not every control was refused: no verdict on the lane this time.
+            self.batcher.put_back(
+                batch, [e for e, _ in refused] + part + [e for p in work for e in p]
+            )
+            return None
+        self._suspect(batch, refused[-1][1].fault)
+        for entry, refusal in refused:
+            self._mark(batch, entry, refusal.fault)
+        self.batcher.put_back(batch, [e for e, _ in refused] + part + [e for p in work for e in p])
+        return None
+
+    async def _tail_control(self, batch: Batch, refusal: Reject) -> bool:
+        """Whether a suspect lane is down to a few refused records while Campaign works.
+
+        At the end of a stream no record is left to compare a bad one with. When every
+        record the lane holds was already refused alone (at most :data:`TAIL_RECORDS`),
+        the fault's words point at the data, the lane succeeded within
+        :data:`TAIL_WINDOW_S`, and a read of the lane's own schema
+        (``GetEntityIfMoreRecent``, as Adobe's SDK makes before any call) succeeds,
+        the refusal counts as proven. A masked or unknown fault never does.
+        """
+        lane = batch.lane
+        health = lane.health
+        if refusal.scope != "record" or health.last_success_at is None:
+            return False
+        if self._clock() - health.last_success_at > TAIL_WINDOW_S:
+            return False
+        heads = [chain[0] for chain in lane.pending.values()]
+        if len(heads) >= TAIL_RECORDS or not all(e.strikes for e in heads):
+            return False
+        try:
+            credentials = await self.auth.credentials()
+        except (AuthError, TransportError):
+            return False
+        params = [
+            Param("pk", "string", f"xtk:schema|{lane.id.schema}"),
+            Param("md5", "string", ""),
+            Param("mustExist", "boolean", "false"),
+        ]
+        result = await self.client.call("GetEntityIfMoreRecent", params, credentials)
+        self.totals["calls"] += 1
+        self.totals["tail_controls"] += 1
+        return isinstance(result.outcome, Ok)
+
+    @staticmethod
+    def _mark(batch: Batch, entry: Entry, refusal: Reject) -> None:
+        """A refusal while the lane is suspect: a strike that counts for nothing (its epoch
+        is voided), yet makes the record go alone, so it is judged beside others later."""
+        health = batch.lane.health
+        mark = Strike(health.epoch, False, refusal.reason, refusal.code, refusal.scope == "record")
+        strikes = (*entry.strikes, mark)
+        entry.strikes = strikes[-MAX_STRIKES:]
 
     async def _judge(
         self, batch: Batch, entry: Entry, refused: _Refused, *, sibling_ok: bool
@@ -494,20 +581,34 @@ class Dispatcher:
         lane = batch.lane
         health = lane.health
         refusal = refused.fault
-        if health.suspect:
-            self.batcher.put_back(batch, [entry], rotate=True)
+        if health.suspect and batch.probe and await self._tail_control(batch, refusal):
+            # Only records already refused are left, their fault points at the data,
+            # and Campaign answers: they fail alone while Campaign works.
+            sibling_ok = True
+        elif health.suspect:
+            # No verdict while the lane is suspect, but the record is marked: it goes
+            # alone from now on, so that it is judged beside others once the lane works.
+            self._mark(batch, entry, refusal)
+            self.batcher.put_back(batch, [entry], rotate=batch.probe)
             if batch.probe:
-                self._pause(lane)
+                # A probe on a record already suspected says little: same pause again.
+                self._pause(lane, grow=not entry.strikes)
             return
         proven = sibling_ok or health.proven(entry.strikes)
-        if not proven and health.needs_control(self.retry.suspect_after):
+        if not proven and not health.suspect and health.needs_control(self.retry.suspect_after):
             # Refused calls in a row, this one too, and nothing shows that records sent
             # this way succeed: the instance's fault, not this record's.
             self._suspect(batch, refusal)
-            self.batcher.put_back(batch, [entry], rotate=True)
+            self._mark(batch, entry, refusal)
+            self.batcher.put_back(batch, [entry])
             return
         verdict = health.judge(
-            entry.strikes, refusal.reason, sibling_ok, self.retry.record_failures
+            entry.strikes,
+            refusal.reason,
+            sibling_ok,
+            self.retry.record_failures,
+            code=refusal.code,
+            data=refusal.scope == "record",
         )
         entry.strikes = verdict.strikes
         if not verdict.dead:
@@ -518,7 +619,7 @@ class Dispatcher:
             f"refused alone {len(verdict.strikes)} times while records sent the same way"
             f" succeeded: {' | '.join(faults)}"
         )
-        await self._dead_letter(batch, [entry], reason, refused.status, refusal.code)
+        await self._dead_letter(batch, [entry], reason, refused.status, verdict.code)
 
     def _suspect(self, batch: Batch, refusal: Reject) -> None:
         """Every record of the lane meets the fault: pause the lane, keep everything."""
@@ -540,9 +641,10 @@ class Dispatcher:
             )
         self._pause(lane)
 
-    def _pause(self, lane: Lane) -> None:
+    def _pause(self, lane: Lane, *, grow: bool = True) -> None:
         health = lane.health
-        delay = health.next_pause(self.retry.fault_pause_initial_s, self.retry.fault_pause_max_s)
+        initial, cap = self.retry.fault_pause_initial_s, self.retry.fault_pause_max_s
+        delay = health.next_pause(initial, cap, grow=grow)
         now = self._clock()
         lane.not_before = max(lane.not_before, now + delay)
         self.totals["fault_pauses"] += 1
@@ -583,7 +685,7 @@ class Dispatcher:
         """Ack what Campaign took; False when it was put back instead (nothing acked)."""
         lane = batch.lane
         partial = self._partial_collection(method, entries, collection, outcome)
-        ended = lane.health.succeeded(collection)
+        ended = lane.health.succeeded(collection, self._clock())
         if ended is not None:
             self.metrics.lane_fault_paused.labels(*lane.id).set(0)
             log.warning(
@@ -697,7 +799,7 @@ class Dispatcher:
     # --- introspection ---------------------------------------------------------------
 
     def fault_pauses(self) -> dict[str, Any]:
-        """Lanes paused on a fault every record meets, and whether that is all of them."""
+        """Lanes paused on a fault every record meets, and whether every busy lane is."""
         now = self._clock()
         paused = {}
         for lane_id, lane in self.batcher.lanes.items():
@@ -710,10 +812,11 @@ class Dispatcher:
                 "probes": health.pauses,
                 "fault": health.reason[:500],
             }
-        lanes = len(self.batcher.lanes)
+        # Instance-wide: every lane with records to send is paused on a fault.
+        waiting = sum(1 for lane in self.batcher.lanes.values() if lane.count or lane.held)
         return {
             "paused_lanes": paused,
-            "instance_wide": bool(paused) and len(paused) == lanes,
+            "instance_wide": bool(paused) and waiting > 0 and len(paused) >= waiting,
         }
 
     def stats(self) -> dict[str, Any]:
@@ -737,6 +840,10 @@ class Dispatcher:
                     "merges": lane.merges,
                     "failures": lane.failures,
                     "refused_in_a_row": lane.health.streak,
+                    # Records refused alone, waiting to be tried alone again.
+                    "suspected_records": sum(
+                        1 for chain in lane.pending.values() if chain[0].strikes
+                    ),
                     "paused_on_fault": lane.health.suspect,
                 }
                 for lane_id, lane in self.batcher.lanes.items()

@@ -43,6 +43,8 @@ class Strike(NamedTuple):
     epoch: int  # the lane's successes before it
     by_sibling: bool  # its sibling in a split succeeded beside it
     fault: str  # what Campaign answered
+    code: str = ""  # its code, or the short name of its words
+    data: bool = False  # its code or words pointed at the record
 
 
 # Collections refused, with no collection passing, before a lane doubts collections.
@@ -59,6 +61,14 @@ class Verdict:
     dead: bool
     strikes: tuple[Strike, ...]
 
+    @property
+    def code(self) -> str:
+        """The code to file the record under: one pointing at the data, else the last."""
+        for strike in self.strikes:
+            if strike.data and strike.code:
+                return strike.code
+        return next((s.code for s in reversed(self.strikes) if s.code), "")
+
 
 @dataclass(slots=True)
 class LaneHealth:
@@ -68,6 +78,7 @@ class LaneHealth:
     epoch: int = 0
     voided: set[int] = field(default_factory=set)
     suspect_since: float | None = None  # monotonic time the suspicion began
+    last_success_at: float | None = None  # monotonic time of the last success
     reason: str = ""  # the fault text that made the lane suspect
     pauses: int = 0  # pauses in the current suspicion, for the growing delay
     suspicions: int = 0  # suspicions over the lane's life
@@ -80,11 +91,13 @@ class LaneHealth:
     def suspect(self) -> bool:
         return self.suspect_since is not None
 
-    def succeeded(self, collection: bool) -> float | None:
+    def succeeded(self, collection: bool, now: float | None = None) -> float | None:
         """A call of the lane succeeded; ``collection``: its document was a collection.
 
         Returns when the suspicion it ends began (monotonic), or None.
         """
+        if now is not None:
+            self.last_success_at = now
         self.streak = 0
         self.epoch += 1
         if collection:
@@ -136,9 +149,13 @@ class LaneHealth:
         self.suspicions += 1
         return True
 
-    def next_pause(self, initial_s: float, max_s: float) -> float:
-        """The next pause of a suspect lane: doubling from ``initial_s``, capped at ``max_s``."""
-        self.pauses += 1
+    def next_pause(self, initial_s: float, max_s: float, *, grow: bool = True) -> float:
+        """The next pause of a suspect lane: doubling from ``initial_s``, capped at ``max_s``.
+
+        ``grow=False`` repeats the last pause instead of doubling it.
+        """
+        if grow or not self.pauses:
+            self.pauses += 1
         doublings = min(self.pauses - 1, 32)
         return float(min(max_s, initial_s * 2.0**doublings))
 
@@ -149,7 +166,14 @@ class LaneHealth:
         )
 
     def judge(
-        self, strikes: tuple[Strike, ...], fault: str, sibling_ok: bool, allowed: int
+        self,
+        strikes: tuple[Strike, ...],
+        fault: str,
+        sibling_ok: bool,
+        allowed: int,
+        *,
+        code: str = "",
+        data: bool = False,
     ) -> Verdict:
         """A record failed alone: add a strike, and say whether it is now proven bad.
 
@@ -157,5 +181,5 @@ class LaneHealth:
         them is proven (a sibling succeeded beside it, or the lane succeeded since).
         """
         kept = tuple(s for s in strikes if s.by_sibling or s.epoch not in self.voided)
-        kept += (Strike(self.epoch, sibling_ok, fault),)
+        kept += (Strike(self.epoch, sibling_ok, fault, code, data),)
         return Verdict(len(kept) >= allowed and self.proven(kept), kept)

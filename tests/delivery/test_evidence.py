@@ -97,3 +97,15 @@ def test_an_instance_fault_is_not_mistaken_for_refused_collections() -> None:
         health.refused(collection=False)
     assert not health.doubts_collections()
     assert not health.collections_refused()
+
+
+def test_a_dead_letter_is_filed_under_the_code_that_points_at_the_data() -> None:
+    """Among a record's refusals, the one whose words point at the data names it."""
+    health = LaneHealth()
+    first = health.judge((), "PostgreSQL", True, 3, code="duplicate-key", data=True)
+    second = health.judge(first.strikes, "masked", True, 3, code="SOP-330023")
+    third = health.judge(second.strikes, "transient", True, 3)
+    assert third.dead
+    assert third.code == "duplicate-key"
+    unknown = health.judge((), "masked", True, 1, code="SOP-330023")
+    assert unknown.code == "SOP-330023"

@@ -113,6 +113,7 @@ def _tls_tree(simulator, tmp_path: Path, mode: str, bundle: Path | None) -> dict
             "ims_url": simulator.ims_url,
             "client_id": "sim-client",
             "client_secret": "sim-secret",
+            "scope": "openid,AdobeID",
         }
     if bundle is not None:
         tree["campaign"]["tls"]["ca_bundle"] = str(bundle)

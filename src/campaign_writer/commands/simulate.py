@@ -29,7 +29,8 @@ endpoints:
                                                 Ingest IngestExt
   GET  /r/test, GET /nl/jsp/ping.jsp            health (ping needs a session or bearer token)
   POST /ims/token/v3                            grant_type=client_credentials, client_id,
-                                                client_secret (form) -> access_token, expires_in
+                                                client_secret, scope (form; scope required by
+                                                profile strict) -> access_token, expires_in
   GET  /__sim/stats                             counters, current limit and limiter model
   GET  /__sim/records?schema=ID&offset=0&limit=1000   {"records": [...], "total": n}
   GET  /__sim/calls?since=SEQ                   the call log after entry SEQ (NDJSON fields)
@@ -39,8 +40,12 @@ POST /__sim/control fields (JSON object, all optional):
   any knob marked [runtime] above, by its field name, e.g. {"tps_limit": 10, "limiter": "fixed"}
   "schedule": [{"kind": K, "start_s": S, "end_s": E, "rate": R}]  windows from now (replaces all)
       K: 500 502 503 timeout reset truncate html soap expire revoke
-         entity laughs huge drip outage
+         entity laughs huge drip masked badlogin outage
   "outage_s": N [, "outage_in_s": D]   down for N s from now (+D); 0 ends outages
+  "masked_s": N [, "masked_in_s": D]   every call answered SOP-330023 (HTTP 500,
+                                       SOAP-ENV:Error, no detail) for N s; 0 ends them
+  "badlogin_s": N [, "badlogin_in_s": D]  every call answered the code-less "Invalid login
+                                       or password. Connection denied." for N s
   "expire_sessions": true   every session token becomes invalid (XSV-350008)
   "revoke_tokens": true     every IMS token is revoked
   "clear_records": true     empty every table
@@ -61,7 +66,8 @@ def _flag(name: str) -> str:
 
 def _metavar(name: str, meta: Any) -> str:
     if meta["choices"]:
-        return "{" + ",".join(meta["choices"]) + "}"
+        # An empty choice means "the profile decides"; the help text says so.
+        return "{" + ",".join(c for c in meta["choices"] if c) + "}"
     if "rate" in name.split("_"):
         return "SHARE"
     if meta["kind"] in ("int", "int?", "float"):
