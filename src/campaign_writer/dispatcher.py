@@ -610,14 +610,13 @@ class Dispatcher:
             code=refusal.code,
             data=refusal.scope == "record",
         )
-        entry.strikes = verdict.strikes
+        entry.strikes = verdict.history[-MAX_STRIKES:]
         if not verdict.dead:
             self.batcher.put_back(batch, [entry])  # at the front: tried alone again soon
             return
-        faults = list(dict.fromkeys(strike.fault for strike in verdict.strikes))
         reason = (
             f"refused alone {len(verdict.strikes)} times while records sent the same way"
-            f" succeeded: {' | '.join(faults)}"
+            f" succeeded: {' | '.join(verdict.faults)}"
         )
         await self._dead_letter(batch, [entry], reason, refused.status, verdict.code)
 

@@ -59,15 +59,22 @@ class Verdict:
     """What a record's failure alone means: dead-letter it now, or try it again."""
 
     dead: bool
-    strikes: tuple[Strike, ...]
+    strikes: tuple[Strike, ...]  # those that count
+    history: tuple[Strike, ...] = ()  # every refusal alone, voided ones included
 
     @property
     def code(self) -> str:
         """The code to file the record under: one pointing at the data, else the last."""
-        for strike in self.strikes:
+        refusals = self.history or self.strikes
+        for strike in refusals:
             if strike.data and strike.code:
                 return strike.code
-        return next((s.code for s in reversed(self.strikes) if s.code), "")
+        return next((s.code for s in reversed(refusals) if s.code), "")
+
+    @property
+    def faults(self) -> list[str]:
+        """The distinct fault texts of every refusal alone, oldest first."""
+        return list(dict.fromkeys(s.fault for s in self.history or self.strikes))
 
 
 @dataclass(slots=True)
@@ -180,6 +187,7 @@ class LaneHealth:
         It is dead once it has ``allowed`` strikes that no suspicion voided and one of
         them is proven (a sibling succeeded beside it, or the lane succeeded since).
         """
+        new = Strike(self.epoch, sibling_ok, fault, code, data)
         kept = tuple(s for s in strikes if s.by_sibling or s.epoch not in self.voided)
-        kept += (Strike(self.epoch, sibling_ok, fault, code, data),)
-        return Verdict(len(kept) >= allowed and self.proven(kept), kept)
+        kept += (new,)
+        return Verdict(len(kept) >= allowed and self.proven(kept), kept, (*strikes, new))

@@ -109,3 +109,20 @@ def test_a_dead_letter_is_filed_under_the_code_that_points_at_the_data() -> None
     assert third.code == "duplicate-key"
     unknown = health.judge((), "masked", True, 1, code="SOP-330023")
     assert unknown.code == "SOP-330023"
+
+
+def test_voided_refusals_still_name_the_fault() -> None:
+    """A refusal voided by a suspicion counts for nothing, yet names the dead letter."""
+    health = LaneHealth()
+    verdict = health.judge(
+        (), "PostgreSQL duplicate key", False, 3, code="duplicate-key", data=True
+    )
+    health.turn_suspect(1.0, "fault")
+    health.succeeded(collection=False)
+    for _ in range(3):
+        verdict = health.judge(verdict.history, "transient", True, 3)
+    assert verdict.dead
+    assert len(verdict.strikes) == 3  # the voided refusal does not count
+    assert len(verdict.history) == 4
+    assert verdict.code == "duplicate-key"
+    assert verdict.faults == ["PostgreSQL duplicate key", "transient"]

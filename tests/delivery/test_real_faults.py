@@ -223,3 +223,52 @@ async def test_strict_profile_collections_refused_without_a_code(
         assert writer.dispatcher.fallbacks
     stored = {row["id"] for row in await simulator.records(SAMPLE)}
     assert stored == {e["id"] for e in events}
+
+
+async def test_bad_records_left_alone_at_the_end_of_a_stream(
+    simulator_factory: Any, tmp_path: Path
+) -> None:
+    """Three records the database refuses, sent after the good ones are all delivered:
+    with no record left to compare them with, a read of the schema shows Campaign works,
+    and the words point at the data, so they are dead-lettered within seconds."""
+    simulator = await simulator_factory(poison_style="duplicate", latency_ms=5)
+    config = writer_config(simulator.url, tmp_path, **FAST_PAUSES)
+    good = sample_events(50)
+    bad = sample_events(3, start=100)
+    for event in bad:
+        event["testcol2"] = "__POISON__"
+    async with running_writer(config) as writer:
+        assert writer.http is not None
+        await post_events(writer.http.url, good)
+        await wait_for(lambda: writer.dispatcher.totals["delivered"] == 50)
+        await post_events(writer.http.url, bad)
+        await wait_for(lambda: writer.dispatcher.totals["dead_lettered"] == 3, timeout=20)
+        assert writer.dispatcher.totals["tail_controls"] >= 1
+    letters = _letters(tmp_path / "queue.sqlite3")
+    assert {letter.key for letter in letters} == {e["id"] for e in bad}
+    assert all(letter.code == "duplicate-key" for letter in letters)
+
+
+async def test_masked_refusals_with_nothing_to_compare_are_kept(
+    simulator_factory: Any, tmp_path: Path
+) -> None:
+    """Records refused with the masked SOP-330023 and no other record of their lane left:
+    nothing tells a bad record from a broken instance, so they stay queued, probed."""
+    simulator = await simulator_factory(poison_style="masked", latency_ms=5)
+    config = writer_config(simulator.url, tmp_path, **FAST_PAUSES)
+    bad = sample_events(3)
+    for event in bad:
+        event["testcol2"] = "__POISON__"
+    async with running_writer(config) as writer:
+        assert writer.http is not None and writer.queue is not None
+        await post_events(writer.http.url, sample_events(20, start=50))
+        await wait_for(lambda: writer.dispatcher.totals["delivered"] == 20)
+        await post_events(writer.http.url, bad)
+        await wait_for(lambda: writer.dispatcher.fault_pauses()["paused_lanes"], timeout=20)
+        await asyncio.sleep(3.0)
+        assert writer.dispatcher.totals["dead_lettered"] == 0
+        assert writer.queue.stats().depth == 3
+        # Records sent the same way succeed again: the masked ones are judged and go.
+        await post_events(writer.http.url, sample_events(200, start=500))
+        await wait_for(lambda: writer.dispatcher.totals["dead_lettered"] == 3, timeout=30)
+        await wait_for(lambda: writer.dispatcher.totals["delivered"] == 220, timeout=30)

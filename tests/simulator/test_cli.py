@@ -43,8 +43,8 @@ def test_help_documents_every_knob_credentials_and_control(capsys) -> None:
         "masked_s, masked_in_s",
         "badlogin_s, badlogin_in_s",
         "{default,strict}",
-        "{,accept,refuse,partial}",
-        "{,coded,duplicate,masked}",
+        "{accept,refuse,partial}",
+        "{coded,duplicate,masked}",
     ):
         assert needle in text, needle
 
