@@ -46,6 +46,8 @@ DOCUMENTED_KEYS = [
     "http.max_body_bytes", "admin.listen",
     "batch.max_records", "batch.max_bytes", "batch.linger_ms", "sender.max_in_flight",
     "sender.timeout_s", "retry.max_age", "retry.initial_backoff_s", "retry.max_backoff_s",
+    "retry.record_failures", "retry.suspect_after", "retry.fault_pause_initial_s",
+    "retry.fault_pause_max_s",
     "daemon.shutdown_timeout_s", "log.level", "log.format", "intake.invalid_xml_chars",
     "routes.name", "routes.match", "routes.schema", "routes.method", "routes.key",
     "routes.operation", "routes.operation_field", "routes.collection", "routes.fields.path",
@@ -227,6 +229,18 @@ def test_missing_required_keys_and_auth_needs_are_reported() -> None:
     ims = problems_of(minimal(campaign__auth={"mode": "ims"}))
     assert "campaign.auth.client_id: is required for mode 'ims'" in ims
     assert any(p.startswith("campaign.auth.client_secret: is required") for p in ims)
+
+
+def test_fault_judgement_keys_have_defaults_and_bounds() -> None:
+    """retry.record_failures and friends default sensibly and refuse nonsense, by path."""
+    retry = from_mapping(minimal()).retry
+    assert (retry.record_failures, retry.suspect_after) == (3, 4)
+    assert (retry.fault_pause_initial_s, retry.fault_pause_max_s) == (1.0, 60.0)
+    problems = problems_of(
+        minimal(retry={"record_failures": 0, "fault_pause_initial_s": 9, "fault_pause_max_s": 2})
+    )
+    assert any(p.startswith("retry.record_failures:") for p in problems)
+    assert any(p.startswith("retry.fault_pause_max_s: must not be shorter") for p in problems)
 
 
 @pytest.mark.parametrize("mode", ["ims", "bearer_logon"])
