@@ -28,7 +28,7 @@ import orjson
 from .errors import AuthError, TransportError
 from .logs import Secret, get_logger, register_secret
 from .metrics import Metrics
-from .outcome import Fatal, Ok, Throttled
+from .outcome import Fatal, Ok, Reject, Retry, Throttled
 from .sender import CampaignClient
 from .soap import Credentials, Param, parse_logon
 from .transport import HttpTransport
@@ -239,7 +239,10 @@ class _LogonAuth(Authenticator):
         if isinstance(outcome, Fatal):
             raise AuthError(f"{method} refused: {outcome.reason}")
         reason = getattr(outcome, "reason", type(outcome).__name__)
-        if result.status is None or result.status >= 500:
+        # Only a fault about credentials or access (Fatal, above) condemns the login: an
+        # unreadable answer (a proxy page on HTTP 200) or a fault nothing places is
+        # transient, and a login retried later may pass.
+        if isinstance(outcome, Retry | Reject) or result.status is None or result.status >= 500:
             raise TransportError(f"{method} failed: {reason}")
         raise AuthError(f"{method} refused: {reason}")
 

@@ -25,11 +25,13 @@ __all__ = [
     "IP_NOT_ALLOWED",
     "MASKED_ERROR",
     "METHOD_UNKNOWN",
+    "RECORD_WORDS",
     "SAVE_FAILED",
     "SESSION_EXPIRED",
     "TEXTS",
     "UNKNOWN_LIBRARY",
     "CodeClass",
+    "names_a_record",
     "text_class",
 ]
 
@@ -90,6 +92,16 @@ TEXTS: tuple[tuple[str, CodeClass, str], ...] = (
     ("error while reading parameters", CodeClass.WRAPPER, "bad-parameters"),
     ("error while executing the method", CodeClass.WRAPPER, "execution"),
 )
+
+
+# Words that name one record's data (not a database that is down or read-only).
+RECORD_WORDS = ("duplicate key", "violates", "value too long")
+
+
+def names_a_record(text: str) -> bool:
+    """Whether a fault's words name a record's own data: a key, a constraint, a length."""
+    lowered = text.lower()
+    return any(words in lowered for words in RECORD_WORDS)
 
 
 def text_class(text: str) -> tuple[CodeClass, str] | None:

@@ -11,16 +11,15 @@ Two tasks run under the dispatcher:
 How each outcome is settled:
 
 =============  =========================================================================
-Ok             ack the records in the queue
+Ok             ack the records in the queue (an unkeyed Ingest collection whose UUIDs do
+               not add up is resent one record per call instead)
 Throttled      put the entries back (no attempt counted); the throttle pauses everyone
 Retry          back off the lane (capped exponential, full jitter) and put them back;
                records older than ``retry.max_age`` are dead-lettered instead
 AuthExpired    renew the credentials once and resend; a second refusal is a Retry
-Reject record  split the batch in halves until the bad records are alone; deliver the
-               good ones, dead-letter the bad ones with the fault text
-Reject batch   the whole lane's schema is refused: dead-letter the batch
-Reject coll.   the method refuses collection documents: the lane falls back to one
-               record per call (``collection = "auto"``), reported once
+Reject         whose fault? (see :mod:`campaign_writer.evidence`) split the batch until
+               the records at fault fail alone while others succeed, and dead-letter
+               those; a fault every record meets pauses the lane and dead-letters nothing
 Fatal          stop sending, keep everything queued, report in /readyz; probe again
                after a growing delay
 =============  =========================================================================
@@ -43,6 +42,7 @@ from typing import Any, NamedTuple, Protocol
 
 from .auth import Authenticator
 from .batcher import Batch, Batcher, Entry, Lane, LaneId
+from .codes import names_a_record
 from .documents import fragments_document
 from .errors import AuthError, QueueError, TransportError
 from .evidence import Strike
@@ -66,7 +66,7 @@ CONTROLS = 2
 MAX_STRIKES = 8
 # The end of a stream: at most this many records left, all refused alone already, and
 # the lane's last success no older than this (see Dispatcher._tail_control).
-TAIL_RECORDS = 10
+TAIL_RECORDS = 50
 TAIL_WINDOW_S = 600.0
 
 
@@ -161,6 +161,7 @@ class _Sent(NamedTuple):
     outcome: Outcome
     status: int | None
     method: str  # the method called (Write for a WriteCollection lane's single record)
+    seq: int  # the call's send number in its lane (see evidence.py)
 
 
 class _Refused(NamedTuple):
@@ -168,6 +169,7 @@ class _Refused(NamedTuple):
 
     fault: Reject
     status: int | None
+    seq: int
 
 
 class Dispatcher:
@@ -369,6 +371,8 @@ class Dispatcher:
         except TransportError as exc:
             self._back_off(batch, entries, f"authentication: {exc}")
             return None
+        health = batch.lane.health
+        seq = health.send()
         result = await self.client.call(method, params, credentials)
         self.totals["calls"] += 1
         outcome = result.outcome
@@ -381,13 +385,14 @@ class Dispatcher:
             except TransportError as exc:
                 self._back_off(batch, entries, f"re-authentication: {exc}")
                 return None
+            seq = health.send()
             result = await self.client.call(method, params, credentials)
             self.totals["calls"] += 1
             outcome = result.outcome
             if isinstance(outcome, AuthExpired):
                 outcome = Retry(f"still refused after re-authentication: {outcome.reason}")
         await self.in_flight.observe(result.latency_s, self.client.throttle.rate())
-        return _Sent(outcome, result.status, method)
+        return _Sent(outcome, result.status, method, seq)
 
     async def _attempt(
         self, batch: Batch, entries: list[Entry], collection: bool
@@ -403,7 +408,9 @@ class Dispatcher:
             return None
         outcome = sent.outcome
         if isinstance(outcome, Ok):
-            delivered = await self._delivered(batch, entries, sent.method, collection, outcome)
+            delivered = await self._delivered(
+                batch, entries, sent.method, collection, outcome, sent.seq
+            )
             return outcome if delivered else None
         if isinstance(outcome, Throttled):
             self.totals["throttled"] += 1
@@ -424,10 +431,9 @@ class Dispatcher:
             return None
         assert isinstance(outcome, Reject)
         self.metrics.batches.labels("rejected").inc()
-        health = batch.lane.health
-        health.refused(collection, len(entries) == 1 and health.proven(entries[0].strikes))
+        batch.lane.health.refused(collection)
         self._collections_evidence(batch)
-        return _Refused(outcome, sent.status)
+        return _Refused(outcome, sent.status, sent.seq)
 
     async def _isolate(self, batch: Batch, entries: list[Entry], collection: bool) -> None:
         """Split a refused call until the records at fault fail alone.
@@ -528,28 +534,29 @@ class Dispatcher:
             return None
         self._suspect(batch, refused[-1][1].fault)
         for entry, refusal in refused:
-            self._mark(batch, entry, refusal.fault)
+            self._mark(batch, entry, refusal)
         self.batcher.put_back(batch, [e for e, _ in refused] + part + [e for p in work for e in p])
         return None
 
-    async def _tail_control(self, batch: Batch, refusal: Reject) -> bool:
+    async def _tail_control(self, batch: Batch, entry: Entry, refusal: Reject) -> bool:
         """Whether a suspect lane is down to a few refused records while Campaign works.
 
         At the end of a stream no record is left to compare a bad one with. When every
         record the lane holds was already refused alone (at most :data:`TAIL_RECORDS`),
-        the fault's words point at the data, the lane succeeded within
+        the fault's words name a record (a duplicate key, a violated constraint, a value
+        too long: never a database that is down), the lane succeeded within
         :data:`TAIL_WINDOW_S`, and a read of the lane's own schema
         (``GetEntityIfMoreRecent``, as Adobe's SDK makes before any call) succeeds,
         the refusal counts as proven. A masked or unknown fault never does.
         """
         lane = batch.lane
         health = lane.health
-        if refusal.scope != "record" or health.last_success_at is None:
+        if not names_a_record(refusal.reason) or health.last_success_at is None:
             return False
         if self._clock() - health.last_success_at > TAIL_WINDOW_S:
             return False
-        heads = [chain[0] for chain in lane.pending.values()]
-        if len(heads) >= TAIL_RECORDS or not all(e.strikes for e in heads):
+        heads = [entry, *(chain[0] for chain in lane.pending.values())]
+        if len(heads) > TAIL_RECORDS or not all(e.strikes for e in heads):
             return False
         try:
             credentials = await self.auth.credentials()
@@ -563,14 +570,18 @@ class Dispatcher:
         result = await self.client.call("GetEntityIfMoreRecent", params, credentials)
         self.totals["calls"] += 1
         self.totals["tail_controls"] += 1
-        return isinstance(result.outcome, Ok)
+        if not isinstance(result.outcome, Ok):
+            return False
+        health.pauses = 0  # Campaign answers: the next pause starts short again
+        return True
 
     @staticmethod
-    def _mark(batch: Batch, entry: Entry, refusal: Reject) -> None:
-        """A refusal while the lane is suspect: a strike that counts for nothing (its epoch
-        is voided), yet makes the record go alone, so it is judged beside others later."""
-        health = batch.lane.health
-        mark = Strike(health.epoch, False, refusal.reason, refusal.code, refusal.scope == "record")
+    def _mark(batch: Batch, entry: Entry, refused: _Refused) -> None:
+        """A refusal while the lane is suspect: a strike that counts for nothing (it is
+        voided), yet makes the record go alone, so it is judged beside others later."""
+        refusal = refused.fault
+        data = refusal.scope == "record"
+        mark = Strike(refused.seq, False, refusal.reason, refusal.code, data, void=True)
         strikes = (*entry.strikes, mark)
         entry.strikes = strikes[-MAX_STRIKES:]
 
@@ -581,30 +592,31 @@ class Dispatcher:
         lane = batch.lane
         health = lane.health
         refusal = refused.fault
-        if health.suspect and batch.probe and await self._tail_control(batch, refusal):
-            # Only records already refused are left, their fault points at the data,
-            # and Campaign answers: they fail alone while Campaign works.
+        if health.suspect and batch.probe and await self._tail_control(batch, entry, refusal):
+            # Only records already refused are left, their faults name a record, and
+            # Campaign answers: they fail alone while Campaign works. (At most
+            # TAIL_RECORDS records, each until its verdict: no pause needed.)
             sibling_ok = True
         elif health.suspect:
             # No verdict while the lane is suspect, but the record is marked: it goes
             # alone from now on, so that it is judged beside others once the lane works.
-            self._mark(batch, entry, refusal)
+            self._mark(batch, entry, refused)
             self.batcher.put_back(batch, [entry], rotate=batch.probe)
             if batch.probe:
-                # A probe on a record already suspected says little: same pause again.
-                self._pause(lane, grow=not entry.strikes)
+                self._pause(lane)
             return
-        proven = sibling_ok or health.proven(entry.strikes)
-        if not proven and not health.suspect and health.needs_control(self.retry.suspect_after):
-            # Refused calls in a row, this one too, and nothing shows that records sent
-            # this way succeed: the instance's fault, not this record's.
+        if not sibling_ok and health.needs_control(self.retry.suspect_after):
+            # Refused calls in a row, this one too, and nothing beside it succeeded:
+            # the instance's fault, not this record's (a record proven bad before is
+            # retried without end otherwise).
             self._suspect(batch, refusal)
-            self._mark(batch, entry, refusal)
+            self._mark(batch, entry, refused)
             self.batcher.put_back(batch, [entry])
             return
         verdict = health.judge(
             entry.strikes,
             refusal.reason,
+            refused.seq,
             sibling_ok,
             self.retry.record_failures,
             code=refusal.code,
@@ -640,10 +652,10 @@ class Dispatcher:
             )
         self._pause(lane)
 
-    def _pause(self, lane: Lane, *, grow: bool = True) -> None:
+    def _pause(self, lane: Lane) -> None:
         health = lane.health
         initial, cap = self.retry.fault_pause_initial_s, self.retry.fault_pause_max_s
-        delay = health.next_pause(initial, cap, grow=grow)
+        delay = health.next_pause(initial, cap)
         now = self._clock()
         lane.not_before = max(lane.not_before, now + delay)
         self.totals["fault_pauses"] += 1
@@ -679,12 +691,18 @@ class Dispatcher:
     # --- settling --------------------------------------------------------------------
 
     async def _delivered(
-        self, batch: Batch, entries: list[Entry], method: str, collection: bool, outcome: Ok
+        self,
+        batch: Batch,
+        entries: list[Entry],
+        method: str,
+        collection: bool,
+        outcome: Ok,
+        seq: int,
     ) -> bool:
         """Ack what Campaign took; False when it was put back instead (nothing acked)."""
         lane = batch.lane
         partial = self._partial_collection(method, entries, collection, outcome)
-        ended = lane.health.succeeded(collection, self._clock())
+        ended = lane.health.succeeded(collection, seq, self._clock())
         if ended is not None:
             self.metrics.lane_fault_paused.labels(*lane.id).set(0)
             log.warning(
@@ -812,10 +830,10 @@ class Dispatcher:
                 "fault": health.reason[:500],
             }
         # Instance-wide: every lane with records to send is paused on a fault.
-        waiting = sum(1 for lane in self.batcher.lanes.values() if lane.count or lane.held)
+        waiting = [lane for lane in self.batcher.lanes.values() if lane.count or lane.held]
         return {
             "paused_lanes": paused,
-            "instance_wide": bool(paused) and waiting > 0 and len(paused) >= waiting,
+            "instance_wide": bool(waiting) and all(lane.health.suspect for lane in waiting),
         }
 
     def stats(self) -> dict[str, Any]:

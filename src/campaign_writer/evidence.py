@@ -8,18 +8,18 @@ belongs to the instance and dead-letters nothing.
 :class:`LaneHealth` keeps that evidence for one lane:
 
 * ``streak``: calls refused since the lane's last success. At ``suspect_after`` (a
-  setting) the
-  refusals look like the instance's, and delivery sends one record alone as a
-  control before it goes on splitting; if the control fails too, the lane is
-  *suspect*: it pauses with a growing delay, then probes one record at a time
-  (rotating, so one bad record cannot pass for a broken instance) until a call
-  succeeds again.
-* ``epoch``: successes so far. A record's failures alone are *strikes*, each noted
-  with the epoch it happened in. A strike is proven when a call of the same lane
-  succeeded after it (a later epoch), or when the record's sibling in a split
-  succeeded while it failed. Turning suspect voids the unproven strikes of the
-  current epoch: they may have been the instance's. A refusal of a record already
-  proven bad is explained by it and does not add to the streak.
+  setting) the refusals look like the instance's, and delivery sends records alone
+  as controls before it goes on splitting; if they fail too, the lane is *suspect*:
+  it pauses with a growing delay, then probes one record at a time (records not
+  refused before first) until a call succeeds again.
+* every call gets a send number. A record's failures alone are *strikes*, each with
+  the number of its call. A strike is *proven* when its sibling in a split succeeded
+  beside it, or when a call of the lane sent after it succeeded (a call sent before
+  it proves nothing: it may have been answered before the fault began). Turning
+  suspect voids the strikes no success has proven yet: they may be the instance's.
+* a record is dead-lettered once it has ``allowed`` strikes that no suspicion voided,
+  all but the newest proven; ``allowed`` is two more when none of its faults' words
+  point at the data (a masked or unknown fault hides its cause, so it takes more).
 * collection evidence: a collection of two refused while each of its records passes
   alone, twice with no collection passing in between, means the method refuses
   collections. Collections refused while single records pass only raise the doubt
@@ -37,14 +37,19 @@ from typing import NamedTuple
 __all__ = ["LaneHealth", "Strike", "Verdict"]
 
 
+# Strikes it takes beyond ``allowed`` when no fault of the record points at the data.
+UNPLACED_EXTRA = 2
+
+
 class Strike(NamedTuple):
     """One failure of a record sent alone."""
 
-    epoch: int  # the lane's successes before it
-    by_sibling: bool  # its sibling in a split succeeded beside it
+    seq: int  # the send number of the refused call
+    by_sibling: bool  # its sibling in a split (or a control) succeeded beside it
     fault: str  # what Campaign answered
     code: str = ""  # its code, or the short name of its words
     data: bool = False  # its code or words pointed at the record
+    void: bool = False  # a mark made while the lane was suspect: it counts for nothing
 
 
 # Collections refused, with no collection passing, before a lane doubts collections.
@@ -82,8 +87,9 @@ class LaneHealth:
     """The evidence one lane's calls give; see the module docstring."""
 
     streak: int = 0
-    epoch: int = 0
-    voided: set[int] = field(default_factory=set)
+    sent: int = 0  # calls sent so far: the last send number given
+    proof: int = 0  # the highest send number of a call that succeeded
+    voided: list[tuple[int, int]] = field(default_factory=list)  # send-number ranges
     suspect_since: float | None = None  # monotonic time the suspicion began
     last_success_at: float | None = None  # monotonic time of the last success
     reason: str = ""  # the fault text that made the lane suspect
@@ -98,15 +104,20 @@ class LaneHealth:
     def suspect(self) -> bool:
         return self.suspect_since is not None
 
-    def succeeded(self, collection: bool, now: float | None = None) -> float | None:
-        """A call of the lane succeeded; ``collection``: its document was a collection.
+    def send(self) -> int:
+        """The send number of a call about to go out."""
+        self.sent += 1
+        return self.sent
+
+    def succeeded(self, collection: bool, seq: int, now: float | None = None) -> float | None:
+        """The call numbered ``seq`` succeeded; ``collection``: its document was one.
 
         Returns when the suspicion it ends began (monotonic), or None.
         """
         if now is not None:
             self.last_success_at = now
         self.streak = 0
-        self.epoch += 1
+        self.proof = max(self.proof, seq)
         if collection:
             self.collections_failed = self.single_delivered = self.clean_pairs = 0
         else:
@@ -119,14 +130,9 @@ class LaneHealth:
             self.reason = ""
         return ended
 
-    def refused(self, collection: bool, explained: bool = False) -> None:
-        """A call of the lane was refused with a fault (not throttled, not transient).
-
-        ``explained``: it carried one record already proven bad, which says nothing
-        about the lane, so it does not count toward the streak.
-        """
-        if not explained:
-            self.streak += 1
+    def refused(self, collection: bool) -> None:
+        """A call of the lane was refused with a fault (not throttled, not transient)."""
+        self.streak += 1
         if collection:
             self.collections_failed += 1
 
@@ -148,7 +154,8 @@ class LaneHealth:
 
     def turn_suspect(self, now: float, reason: str) -> bool:
         """Every record meets the fault: suspect the instance. True if newly suspect."""
-        self.voided.add(self.epoch)
+        if self.proof < self.sent:
+            self.voided.append((self.proof + 1, self.sent))
         if self.suspect_since is not None:
             return False
         self.suspect_since = now
@@ -166,28 +173,39 @@ class LaneHealth:
         doublings = min(self.pauses - 1, 32)
         return float(min(max_s, initial_s * 2.0**doublings))
 
+    def _void(self, strike: Strike) -> bool:
+        if strike.by_sibling:
+            return False
+        return strike.void or any(a <= strike.seq <= b for a, b in self.voided)
+
+    def _proven(self, strike: Strike) -> bool:
+        return strike.by_sibling or (strike.seq < self.proof and not self._void(strike))
+
     def proven(self, strikes: tuple[Strike, ...]) -> bool:
-        """Whether a record's strikes already prove it bad (see :meth:`judge`)."""
-        return any(
-            s.by_sibling or (s.epoch < self.epoch and s.epoch not in self.voided) for s in strikes
-        )
+        """Whether any of a record's strikes is proven (see the module docstring)."""
+        return any(self._proven(s) for s in strikes)
 
     def judge(
         self,
         strikes: tuple[Strike, ...],
         fault: str,
+        seq: int,
         sibling_ok: bool,
         allowed: int,
         *,
         code: str = "",
         data: bool = False,
     ) -> Verdict:
-        """A record failed alone: add a strike, and say whether it is now proven bad.
-
-        It is dead once it has ``allowed`` strikes that no suspicion voided and one of
-        them is proven (a sibling succeeded beside it, or the lane succeeded since).
-        """
-        new = Strike(self.epoch, sibling_ok, fault, code, data)
-        kept = tuple(s for s in strikes if s.by_sibling or s.epoch not in self.voided)
-        kept += (new,)
-        return Verdict(len(kept) >= allowed and self.proven(kept), kept, (*strikes, new))
+        """The record failed alone in call ``seq``: add a strike; is it proven bad now?"""
+        new = Strike(seq, sibling_ok, fault, code, data)
+        history = (*strikes, new)
+        kept = tuple(s for s in history if not self._void(s))
+        if not any(s.data for s in kept):
+            allowed += UNPLACED_EXTRA
+        earlier = kept[:-1]
+        dead = (
+            len(kept) >= allowed
+            and all(self._proven(s) for s in earlier)
+            and (bool(earlier) or new.by_sibling)
+        )
+        return Verdict(dead, kept, history)

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from campaign_writer.errors import AuthError
+from campaign_writer.errors import AuthError, TransportError
 from campaign_writer.logs import JsonFormatter, Secret
 from campaign_writer.outcome import AuthExpired, Ok
 from campaign_writer.soap import Credentials, Param
@@ -128,6 +128,22 @@ async def test_bad_credentials_are_an_auth_error_and_not_ready(
         assert not info.value.retriable
         assert not stack.auth.ready
         assert stack.auth.last_error
+
+
+@pytest.mark.parametrize("kind", ["html", "masked", "soap"])
+async def test_a_logon_answered_by_a_proxy_page_or_an_unplaced_fault_is_transient(
+    simulator: SimulatorHandle, kind: str
+) -> None:
+    """A Logon met by a 200 HTML page or a fault nothing places is retriable, not fatal:
+    credentials are condemned only by a fault about credentials."""
+    await simulator.control(**{f"rate_{kind}": 1.0}, fault_methods=["Logon"])
+    fields = auth_fields("session", simulator.ims_url)
+    async with Stack(simulator.url, fields) as stack:
+        with pytest.raises(TransportError) as info:
+            await stack.auth.credentials()
+        assert info.value.retriable
+        await simulator.control(**{f"rate_{kind}": 0.0})
+        assert (await stack.auth.credentials()).session_token
 
 
 def test_missing_secrets_are_refused_when_wiring() -> None:

@@ -5,45 +5,84 @@ from __future__ import annotations
 from campaign_writer.evidence import LaneHealth, Strike
 
 
+def refuse(health: LaneHealth, strikes: tuple[Strike, ...], *, sibling: bool = False, **kw):
+    """One call of the record alone, refused: send it, then judge it (allowed 3)."""
+    seq = health.send()
+    health.refused(collection=False)
+    return health.judge(strikes, kw.pop("fault", "dup"), seq, sibling, 3, **kw)
+
+
+def succeed(health: LaneHealth, collection: bool = False) -> None:
+    health.succeeded(collection, health.send())
+
+
 def test_a_record_failing_beside_a_sibling_that_passed_is_proven() -> None:
-    """A sibling's success proves the first strike; enough strikes then dead-letter."""
+    """A sibling's success proves a strike; with one strike allowed, that is enough."""
     health = LaneHealth()
-    verdict = health.judge((), "dup", sibling_ok=True, allowed=1)
+    seq = health.send()
+    verdict = health.judge((), "dup", seq, True, 1, data=True)
     assert verdict.dead
-    assert verdict.strikes == (Strike(0, True, "dup"),)
+    assert verdict.strikes == (Strike(seq, True, "dup", "", True),)
 
 
 def test_strikes_without_any_success_never_dead_letter() -> None:
     """Failing alone again and again proves nothing while nothing else succeeds."""
     health = LaneHealth()
-    strikes: tuple[Strike, ...] = ()
+    verdict = refuse(health, (), data=True)
     for _ in range(5):
-        health.refused(collection=False)
-        verdict = health.judge(strikes, "masked", sibling_ok=False, allowed=3)
-        strikes = verdict.strikes
+        verdict = refuse(health, verdict.history, data=True)
         assert not verdict.dead
-    assert len(strikes) == 5
+    assert len(verdict.strikes) == 6
 
 
-def test_a_success_after_a_strike_proves_it() -> None:
-    """Records of the lane succeeding after a record's failure prove it was the record's."""
+def test_each_earlier_strike_must_be_followed_by_a_success() -> None:
+    """A record goes once every refusal but the newest was followed by another record's
+    success; refusals back to back, with no success between, do not add up."""
     health = LaneHealth()
-    first = health.judge((), "bad", sibling_ok=False, allowed=2)
-    assert not first.dead
-    health.succeeded(collection=True)
-    second = health.judge(first.strikes, "bad", sibling_ok=False, allowed=2)
-    assert second.dead
+    first = refuse(health, (), data=True)
+    succeed(health)
+    second = refuse(health, first.history, data=True)
+    third = refuse(health, second.history, data=True)
+    assert not third.dead  # the second refusal was never followed by a success
+    succeed(health)
+    fourth = refuse(health, third.history, data=True)
+    assert fourth.dead
 
 
-def test_turning_suspect_voids_the_unproven_strikes_of_the_moment() -> None:
+def test_a_success_sent_before_the_refusal_proves_nothing() -> None:
+    """A call sent before the refused one may have been answered before the fault began."""
+    health = LaneHealth()
+    early = health.send()  # sent first, answered last
+    verdict = refuse(health, (), data=True)
+    health.succeeded(False, early)
+    for _ in range(2):
+        verdict = refuse(health, verdict.history, data=True)
+    assert not verdict.dead
+
+
+def test_turning_suspect_voids_unproven_strikes_and_keeps_proven_ones() -> None:
     """Strikes the instance may have caused are forgotten; proven ones are kept."""
     health = LaneHealth()
-    proven = health.judge((), "x", sibling_ok=True, allowed=3).strikes
-    unproven = health.judge((), "x", sibling_ok=False, allowed=3).strikes
+    by_sibling = refuse(health, (), sibling=True, data=True)
+    unproven = refuse(health, (), data=True)
     assert health.turn_suspect(10.0, "SOP-330023")
     assert not health.turn_suspect(11.0, "again")  # already suspect
-    assert health.judge(proven, "x", sibling_ok=False, allowed=3).strikes[0] == proven[0]
-    assert len(health.judge(unproven, "x", sibling_ok=False, allowed=3).strikes) == 1
+    succeed(health)
+    assert refuse(health, by_sibling.history, data=True).strikes[0] == by_sibling.strikes[0]
+    assert len(refuse(health, unproven.history, data=True).strikes) == 1
+
+
+def test_a_fault_that_hides_its_cause_takes_more_strikes() -> None:
+    """Without words pointing at the data, two more proven refusals are needed."""
+    health = LaneHealth()
+    verdict = refuse(health, (), sibling=True, fault="masked")
+    for _ in range(3):
+        succeed(health)
+        verdict = refuse(health, verdict.history, fault="masked")
+    assert len(verdict.strikes) == 4 and not verdict.dead
+    succeed(health)
+    verdict = refuse(health, verdict.history, fault="masked")
+    assert verdict.dead
 
 
 def test_the_streak_calls_for_a_control_and_a_success_ends_suspicion() -> None:
@@ -56,10 +95,10 @@ def test_the_streak_calls_for_a_control_and_a_success_ends_suspicion() -> None:
     assert health.needs_control(4)
     health.turn_suspect(5.0, "fault")
     assert health.suspect
-    assert health.succeeded(collection=False) == 5.0
+    assert health.succeeded(False, health.send()) == 5.0
     assert not health.suspect
     assert health.streak == 0
-    assert health.succeeded(collection=False) is None
+    assert health.succeeded(False, health.send()) is None
 
 
 def test_pauses_double_up_to_the_cap_and_start_over_after_recovery() -> None:
@@ -67,7 +106,7 @@ def test_pauses_double_up_to_the_cap_and_start_over_after_recovery() -> None:
     health = LaneHealth()
     health.turn_suspect(0.0, "fault")
     assert [health.next_pause(1.0, 10.0) for _ in range(6)] == [1, 2, 4, 8, 10, 10]
-    health.succeeded(collection=False)
+    succeed(health)
     health.turn_suspect(1.0, "fault")
     assert health.next_pause(1.0, 10.0) == 1
 
@@ -78,13 +117,13 @@ def test_collections_are_doubted_then_refused_on_clean_pairs() -> None:
     for _ in range(3):
         health.refused(collection=True)
     assert not health.doubts_collections()  # no single record has passed yet
-    health.succeeded(collection=False)
+    succeed(health)
     assert health.doubts_collections()
     health.clean_pair()
     assert not health.collections_refused()
     health.clean_pair()
     assert health.collections_refused()
-    health.succeeded(collection=True)
+    succeed(health, collection=True)
     assert not health.collections_refused()
     assert not health.doubts_collections()
 
@@ -99,30 +138,26 @@ def test_an_instance_fault_is_not_mistaken_for_refused_collections() -> None:
     assert not health.collections_refused()
 
 
-def test_a_dead_letter_is_filed_under_the_code_that_points_at_the_data() -> None:
-    """Among a record's refusals, the one whose words point at the data names it."""
-    health = LaneHealth()
-    first = health.judge((), "PostgreSQL", True, 3, code="duplicate-key", data=True)
-    second = health.judge(first.strikes, "masked", True, 3, code="SOP-330023")
-    third = health.judge(second.strikes, "transient", True, 3)
-    assert third.dead
-    assert third.code == "duplicate-key"
-    unknown = health.judge((), "masked", True, 1, code="SOP-330023")
-    assert unknown.code == "SOP-330023"
-
-
 def test_voided_refusals_still_name_the_fault() -> None:
     """A refusal voided by a suspicion counts for nothing, yet names the dead letter."""
     health = LaneHealth()
-    verdict = health.judge(
-        (), "PostgreSQL duplicate key", False, 3, code="duplicate-key", data=True
-    )
+    verdict = refuse(health, (), fault="PostgreSQL duplicate key", code="duplicate-key", data=True)
     health.turn_suspect(1.0, "fault")
-    health.succeeded(collection=False)
-    for _ in range(3):
-        verdict = health.judge(verdict.history, "transient", True, 3)
-    assert verdict.dead
+    verdict = refuse(health, verdict.history, sibling=True, fault="transient")
+    for _ in range(2):
+        succeed(health)
+        verdict = refuse(health, verdict.history, fault="transient")
     assert len(verdict.strikes) == 3  # the voided refusal does not count
     assert len(verdict.history) == 4
     assert verdict.code == "duplicate-key"
     assert verdict.faults == ["PostgreSQL duplicate key", "transient"]
+
+
+def test_marks_made_while_suspect_never_count() -> None:
+    """A refusal noted while the lane is suspect counts neither for nor against."""
+    health = LaneHealth()
+    health.turn_suspect(0.0, "fault")
+    mark = Strike(health.send(), False, "masked", void=True)
+    verdict = health.judge((mark,), "dup", health.send(), True, 1, data=True)
+    assert verdict.dead
+    assert mark not in verdict.strikes
