@@ -389,7 +389,7 @@ def build_cases(mode: str) -> dict[str, list[Case]]:
                     "calls",
                     "records_per_s",
                 ),
-            )
+            ),
         ],
         "limiter-models": [
             _saturation(

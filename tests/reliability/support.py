@@ -92,6 +92,7 @@ def base_tree(campaign_url: str, queue_path: Path, **changes: Any) -> dict[str, 
         "log.format": "json",
         "retry.initial_backoff_s": 0.05,
         "retry.max_backoff_s": 0.5,
+        "retry.fault_pause_max_s": 5,
         "daemon.shutdown_timeout_s": 5,
     }
     settings.update({key.replace("__", "."): value for key, value in changes.items()})

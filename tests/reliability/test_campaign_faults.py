@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from campaign_writer.codes import CODES, CodeClass
 from campaign_writer.deadletter import DeadLetterStore
@@ -69,6 +70,9 @@ async def _weather(simulator, rounds: int) -> None:
         await asyncio.sleep(2.5)
 
 
+# Bad records are judged only beside records that pass, under a quarter of calls
+# failing: the drain takes one to two minutes on a 2-core machine.
+@pytest.mark.timeout(300)
 async def test_full_fault_mix_delivered_plus_dead_lettered_equals_sent(
     simulator_factory, tmp_path: Path, soak: bool, figures: Figures
 ) -> None:
@@ -127,7 +131,7 @@ async def test_full_fault_mix_delivered_plus_dead_lettered_equals_sent(
                     return False
             return True
 
-        await wait_for(drained, timeout=600 if soak else 100, interval=0.5)
+        await wait_for(drained, timeout=600 if soak else 240, interval=0.5)
         lanes = [(await writer.stats())["delivery"]["lanes"] for writer in writers]
         stats = await simulator.stats()
         rows = await simulator.records(SAMPLE, page=100_000)
