@@ -91,7 +91,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if config.getoption("soak", default=False):
         for item in items:
             if "tests/reliability/" in item.nodeid:
-                item.add_marker(pytest.mark.timeout(3600))
+                # Before any timeout a test sets for the quick form.
+                item.add_marker(pytest.mark.timeout(3600), append=False)
 
 
 @pytest.fixture(scope="session")
