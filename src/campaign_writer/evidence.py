@@ -181,10 +181,6 @@ class LaneHealth:
     def _proven(self, strike: Strike) -> bool:
         return strike.by_sibling or (strike.seq < self.proof and not self._void(strike))
 
-    def proven(self, strikes: tuple[Strike, ...]) -> bool:
-        """Whether any of a record's strikes is proven (see the module docstring)."""
-        return any(self._proven(s) for s in strikes)
-
     def judge(
         self,
         strikes: tuple[Strike, ...],
