@@ -117,6 +117,9 @@ class Batch:
     entries: list[Entry]
     collection: bool
     probe: bool = False  # one record sent to see whether a suspect lane works again
+    # A struck record tried again after a success proved its last strike: its refusal
+    # is expected, and says nothing about the instance (it does not grow the streak).
+    retrial: bool = False
 
     @property
     def record_count(self) -> int:
@@ -204,15 +207,23 @@ class Lane:
             self.bytes += entry.size
         self.blocked = False
 
+    def waiting(self, entry: Entry) -> bool:
+        """Whether a struck entry waits for evidence: no call of the lane sent after its
+        last strike has succeeded yet, so trying it again now would prove nothing."""
+        return bool(entry.strikes) and entry.strikes[-1].seq >= self.health.proof
+
     def take(self, max_records: int, max_bytes: int) -> list[Entry]:
         """Up to ``max_records`` / ``max_bytes`` of sendable entries; their keys become held.
 
         A suspect lane gives one entry at a time, and an entry with strikes goes alone.
+        A struck entry waits (see :meth:`waiting`) while other entries can go; when
+        nothing else is left and nothing of the lane is in flight, it goes anyway.
         """
         suspect = self.health.suspect
         limit = max_records if self.collections and not suspect else 1
         chosen: list[Hashable] = []
         size = 0
+        first_waiting: Hashable | None = None
         if suspect:
             # A probe: a record not suspected itself says more about the lane.
             for slot, chain in self.pending.items():
@@ -226,6 +237,10 @@ class Lane:
             if chain[0].strikes:
                 if chosen:
                     continue
+                if not suspect and self.waiting(chain[0]):
+                    if first_waiting is None:
+                        first_waiting = slot
+                    continue
                 limit = 1
             entry_size = chain[0].size
             if chosen and size + entry_size > max_bytes:
@@ -234,6 +249,11 @@ class Lane:
             size += entry_size
             if len(chosen) >= limit:
                 break
+        if not chosen and first_waiting is not None and not self.held:
+            # Only struck records are left: no other call will bring evidence. The
+            # lane's refusal streak (and so its pauses) bounds these tries.
+            chosen.append(first_waiting)
+            size = self.pending[first_waiting][0].size
         if not chosen:
             self.blocked = bool(self.pending)
             return []
@@ -331,7 +351,9 @@ class Batcher:
         probe = best.health.suspect
         best.probing = probe
         alone = probe or bool(entries[0].strikes)
-        return Batch(best, entries, best.collections and not alone, probe), None
+        retrial = not probe and bool(entries[0].strikes) and not best.waiting(entries[0])
+        batch = Batch(best, entries, best.collections and not alone, probe, retrial)
+        return batch, None
 
     def finished(self, batch: Batch, entries: Iterable[Entry]) -> None:
         """Entries of ``batch`` reached a final state (acked or dead-lettered)."""

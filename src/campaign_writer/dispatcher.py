@@ -431,7 +431,7 @@ class Dispatcher:
             return None
         assert isinstance(outcome, Reject)
         self.metrics.batches.labels("rejected").inc()
-        batch.lane.health.refused(collection)
+        batch.lane.health.refused(collection, counts=not batch.retrial)
         self._collections_evidence(batch)
         return _Refused(outcome, sent.status, sent.seq)
 

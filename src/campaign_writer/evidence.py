@@ -7,7 +7,8 @@ belongs to the instance and dead-letters nothing.
 
 :class:`LaneHealth` keeps that evidence for one lane:
 
-* ``streak``: calls refused since the lane's last success. At ``suspect_after`` (a
+* ``streak``: calls refused since the lane's last success (the expected refusal of a
+  record tried again after its strikes were proven does not count). At ``suspect_after`` (a
   setting) the refusals look like the instance's, and delivery sends records alone
   as controls before it goes on splitting; if they fail too, the lane is *suspect*:
   it pauses with a growing delay, then probes one record at a time (records not
@@ -17,6 +18,8 @@ belongs to the instance and dead-letters nothing.
   beside it, or when a call of the lane sent after it succeeded (a call sent before
   it proves nothing: it may have been answered before the fault began). Turning
   suspect voids the strikes no success has proven yet: they may be the instance's.
+  A struck record waits for such a success before it goes again (the batcher keeps
+  it back while other records can go): a try sent before it would prove nothing.
 * a record is dead-lettered once it has ``allowed`` strikes that no suspicion voided,
   all but the newest proven; ``allowed`` is two more when none of its faults' words
   point at the data (a masked or unknown fault hides its cause, so it takes more).
@@ -130,9 +133,14 @@ class LaneHealth:
             self.reason = ""
         return ended
 
-    def refused(self, collection: bool) -> None:
-        """A call of the lane was refused with a fault (not throttled, not transient)."""
-        self.streak += 1
+    def refused(self, collection: bool, *, counts: bool = True) -> None:
+        """A call of the lane was refused with a fault (not throttled, not transient).
+
+        ``counts=False``: the refusal of a record already proven to fail alone, tried
+        again; expected, it does not make the lane look broken.
+        """
+        if counts:
+            self.streak += 1
         if collection:
             self.collections_failed += 1
 

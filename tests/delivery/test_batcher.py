@@ -278,3 +278,51 @@ def test_pending_counts_records_when_entries_of_one_call_merge() -> None:
     assert sorted(i for e in batch.entries for i in e.ids) == [1, 2, 3]
     b.finished(batch, batch.entries)
     assert b.pending == 0
+
+
+def test_a_struck_record_waits_for_a_success_sent_after_its_strike() -> None:
+    """A record refused alone in call 5 is not tried again while other records can go,
+    until a call sent after it succeeds; then it goes alone, as a retrial."""
+    from campaign_writer.evidence import Strike
+
+    b = batcher(max_records=2)
+    bad = entry(1, "bad")
+    b.add(LANE, bad)
+    lane = b.lanes[LANE]
+    first = take(b)
+    lane.health.sent = 5
+    bad.strikes = (Strike(5, True, "duplicate key", "", True),)
+    b.put_back(first, first.entries)  # back at the front of the lane
+    for n in (2, 3):
+        b.add(LANE, entry(n, f"good{n}"))
+    batch = take(b)
+    assert [e.key for e in batch.entries] == ["good2", "good3"]
+    assert not batch.retrial
+    b.finished(batch, batch.entries)
+    # Nothing else to send, but the struck record still has no evidence: with nothing
+    # in flight it may go (the lane's streak bounds such tries), but not as a retrial.
+    b.add(LANE, entry(4, "good4"))
+    held = take(b)
+    assert [e.key for e in held.entries] == ["good4"]
+    assert b.next_batch(100.0)[0] is None, "a struck record went while a call is in flight"
+    lane.health.succeeded(True, seq=6)  # call 6, sent after the strike, succeeded
+    b.finished(held, held.entries)
+    retry = take(b)
+    assert [e.key for e in retry.entries] == ["bad"]
+    assert retry.retrial and not retry.collection
+
+
+def test_only_struck_records_left_they_go_without_evidence() -> None:
+    """The end of a stream: no other record will bring a success, so a struck record
+    still goes (not as a retrial: its refusal counts in the lane's streak)."""
+    from campaign_writer.evidence import Strike
+
+    b = batcher()
+    b.add(LANE, entry(1, "bad"))
+    first = take(b)
+    first.entries[0].strikes = (Strike(1, True, "duplicate key", "", True),)
+    b.lanes[LANE].health.sent = 1
+    b.put_back(first, first.entries)
+    again = take(b)
+    assert [e.key for e in again.entries] == ["bad"]
+    assert not again.retrial

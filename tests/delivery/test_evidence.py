@@ -161,3 +161,15 @@ def test_marks_made_while_suspect_never_count() -> None:
     verdict = health.judge((mark,), "dup", health.send(), True, 1, data=True)
     assert verdict.dead
     assert mark not in verdict.strikes
+
+
+def test_a_proven_records_retrial_does_not_grow_the_streak() -> None:
+    """Records already proven to fail alone are expected to fail again: their refusals
+    do not make the lane look broken; any other refusal does."""
+    health = LaneHealth()
+    for _ in range(10):
+        health.refused(False, counts=False)
+    assert health.streak == 0 and not health.needs_control(4)
+    for _ in range(4):
+        health.refused(False)
+    assert health.needs_control(4)
