@@ -207,6 +207,9 @@ class Dispatcher:
         self.fatal: str | None = None
         self._fatal_until = 0.0
         self._fatal_count = 0
+        # Acks the queue could not write in a row, and until when sending waits for it.
+        self._ack_failures = 0
+        self._acks_wait_until = 0.0
         self.fallbacks: dict[LaneId, str] = {}
         self.crashed: BaseException | None = None
         self.totals = {
@@ -319,6 +322,13 @@ class Dispatcher:
             if self.fatal is not None and now < self._fatal_until:
                 await self._sleep_or_wake(self._fatal_until - now)
                 continue
+            if self._ack_failures:
+                if now < self._acks_wait_until:
+                    await self._sleep_or_wake(self._acks_wait_until - now)
+                    continue
+                if self._sending:
+                    await self._sleep_or_wake(None)  # a batch's end wakes us
+                    continue
             batch, wake = self.batcher.next_batch(now)
             if batch is None:
                 await self._sleep_or_wake(None if wake is None else max(0.0, wake - now))
@@ -735,8 +745,13 @@ class Dispatcher:
             # (at-least-once), which keyed upserts absorb. Backing off keeps a queue that
             # cannot commit (a full disk) from resending them at the full TPS budget.
             log.error("ack failed; records will be delivered again", extra={"error": str(exc)})
+            # The queue's fault, not the lane's: every lane waits, then one batch at a
+            # time goes until an ack is written again.
+            self._ack_failures += 1
+            self._acks_wait_until = self._clock() + self.retry.backoff(self._ack_failures)
             self._back_off(batch, entries, f"ack failed: {exc}")
             return False
+        self._ack_failures = 0
         lane.failures = 0
         if self.fatal is not None:
             log.warning("Campaign accepts calls again; leaving the fatal state")

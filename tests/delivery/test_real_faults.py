@@ -279,3 +279,46 @@ async def test_masked_refusals_with_nothing_to_compare_are_kept(
     letters = _letters(tmp_path / "queue.sqlite3")
     assert {letter.key for letter in letters} == {e["id"] for e in bad}
     assert all(letter.code == "SOP-330023" for letter in letters)
+
+
+async def test_while_acks_cannot_be_written_one_batch_at_a_time_goes(
+    simulator_factory: Any, tmp_path: Path
+) -> None:
+    """The queue cannot write acks (a full disk): Campaign takes the records, but the
+    writer must not resend the queue at full speed. Every lane waits, then one batch at
+    a time goes until an ack is written again; then everything is acked."""
+    from campaign_writer.errors import QueueError
+
+    simulator = await simulator_factory(latency_ms=20, latency_jitter=0)
+    config = writer_config(
+        simulator.url,
+        tmp_path,
+        batch__max_records=10,
+        retry__initial_backoff_s=0.1,
+        retry__max_backoff_s=0.4,
+    )
+    async with running_writer(config) as writer:
+        assert writer.http is not None and writer.queue is not None
+        queue = writer.queue
+        real_ack = queue.ack
+        failing = {"on": True, "count": 0}
+
+        async def ack(ids: list[int]) -> None:
+            if failing["on"]:
+                failing["count"] += 1
+                raise QueueError("database or disk is full")
+            await real_ack(ids)
+
+        queue.ack = ack  # type: ignore[method-assign]
+        await post_events(writer.http.url, sample_events(300))
+        await wait_for(lambda: failing["count"] > 0, timeout=10)
+        await asyncio.sleep(0.5)  # the batches already under way end
+        most = 0
+        for _ in range(200):
+            most = max(most, len(writer.dispatcher._sending))
+            await asyncio.sleep(0.01)
+        assert most <= 1, f"{most} batches in flight while acks fail"
+        failing["on"] = False
+        await wait_for(lambda: queue.stats().depth == 0, timeout=30)
+    stored = {row["id"] for row in await simulator.records(SAMPLE)}
+    assert stored == {e["id"] for e in sample_events(300)}
