@@ -173,6 +173,12 @@ async def test_400_when_every_event_is_rejected(start_intake: IntakeFactory) -> 
             {"index": 1, "error": "an event must be a JSON object, got string"},
             {"index": 2, "error": "id: is required and must not be empty"},
         ],
+        "rejected_total": 3,
+        "rejected_by_reason": {
+            "id: is required": 1,
+            "an event must be a JSON object, got string": 1,
+            "id: is required and must not be empty": 1,
+        },
     }
     assert intake.stored_keys() == []
 
@@ -375,20 +381,29 @@ async def test_chunked_bodies_and_expect_100_continue(start_intake: IntakeFactor
 async def test_http_1_0_and_a_half_closed_client_get_their_answer_then_close(
     start_intake: IntakeFactory,
 ) -> None:
+    """An HTTP/1.0 request is answered and the connection ends, unless it asked to be
+    kept alive; a client that half-closes after its request still gets the answer."""
     intake = await start_intake()
     wire = await Wire.open(intake)
     await wire.send(post_bytes(event_line("old"), version="1.0"))
     status, headers, _ = await wire.answer()
-    assert (status, headers["connection"]) == (202, "close")
+    assert status == 202 and headers.get("connection", "close").lower() == "close"
     assert await wire.closed_by_server()
+
+    wire = await Wire.open(intake)
+    for key in ("alive1", "alive2"):
+        await wire.send(post_bytes(event_line(key), "Connection: keep-alive", version="1.0"))
+        status, headers, _ = await wire.answer()
+        assert (status, headers["connection"].lower()) == (202, "keep-alive")
+    wire.close()
 
     wire = await Wire.open(intake)
     await wire.send(post_bytes(event_line("half")))
     wire.writer.write_eof()  # the client is done sending, and waits for the answer
     status, headers, _ = await wire.answer()
-    assert (status, headers["connection"]) == (202, "close")
+    assert status == 202
     assert await wire.closed_by_server()
-    assert intake.stored_keys() == ["old", "half"]
+    assert intake.stored_keys() == ["old", "alive1", "alive2", "half"]
 
 
 @pytest.mark.parametrize(
@@ -443,7 +458,6 @@ async def test_idle_and_stalled_connections_are_closed(
     """An idle keep-alive connection is closed; a request that stops arriving gets 408."""
     monkeypatch.setattr(http_module, "IDLE_TIMEOUT_S", 0.3)
     monkeypatch.setattr(http_module, "READ_TIMEOUT_S", 0.3)
-    monkeypatch.setattr(http_module, "_SWEEP_S", 0.05)
     intake = await start_intake()
     idle = await Wire.open(intake)
     await idle.send(post_bytes(event_line("i")))
@@ -467,6 +481,7 @@ async def test_close_lets_a_request_under_way_finish(start_intake: IntakeFactory
     await asyncio.sleep(0.05)  # both accepted
     request = post_bytes(event_line("in-flight"))
     await busy.send(request[:-3])
+    await asyncio.sleep(0.05)  # its headers have arrived: the request is under way
     closing = asyncio.create_task(intake.intake.close())
     await asyncio.sleep(0.1)
     assert not closing.done()  # waiting for the request under way
@@ -507,10 +522,226 @@ async def test_gzip_and_deflate_bodies_are_inflated_within_the_limit(
     assert intake.stored_keys() == ["g1", "g2", "d1"]
 
 
-async def test_head_is_refused_and_ends_the_connection(start_intake: IntakeFactory) -> None:
+async def test_head_is_refused_without_a_body_and_the_connection_stays_usable(
+    start_intake: IntakeFactory,
+) -> None:
+    """HEAD gets 405 with its headers only (no body follows a HEAD answer), and the
+    connection goes on."""
     intake = await start_intake()
     wire = await Wire.open(intake)
     await wire.send(b"HEAD /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(wire.reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 405 ") and b"Allow: POST" in head
+    await wire.send(post_bytes(event_line("after-head")))
+    assert (await wire.answer())[0] == 202
+    wire.close()
+    assert intake.stored_keys() == ["after-head"]
+
+
+# --- hardening: each of these failed on the hand-written server ------------------------
+
+
+def gzip_member(data: bytes) -> bytes:
+    packer = zlib.compressobj(wbits=31)
+    return packer.compress(data) + packer.flush()
+
+
+async def test_a_gzip_body_of_several_members_is_read_whole(start_intake: IntakeFactory) -> None:
+    """``cat a.gz b.gz`` is one legal gzip body (RFC 1952): every member's events are
+    stored. Bytes after a deflate stream, or a broken later member, are a 400 that says
+    why, and nothing of that body is kept."""
+    intake = await start_intake()
+    body = gzip_member(event_line("m1")) + gzip_member(event_line("m2") + event_line("m3"))
+    status, answer, _ = await intake.post(body, {**NDJSON, "Content-Encoding": "gzip"})
+    assert (status, answer["accepted"]) == (202, 3)
+    padded = gzip_member(event_line("m4")) + b"\0" * 8  # zero padding, as some tools add
+    status, answer, _ = await intake.post(padded, {**NDJSON, "Content-Encoding": "gzip"})
+    assert (status, answer["accepted"]) == (202, 1)
+    broken = gzip_member(event_line("lost1")) + b"\x1f\x8bjunk"
+    status, answer, _ = await intake.post(broken, {**NDJSON, "Content-Encoding": "gzip"})
+    assert status == 400 and "member 2" in answer["rejected"][0]["error"]
+    trailing = zlib.compress(event_line("lost2")) + b"more"
+    status, answer, _ = await intake.post(trailing, {**NDJSON, "Content-Encoding": "deflate"})
+    assert status == 400 and "after the end" in answer["rejected"][0]["error"]
+    assert intake.stored_keys() == ["m1", "m2", "m3", "m4"]
+
+
+async def test_a_bomb_spread_over_many_members_is_held_to_the_limit(
+    start_intake: IntakeFactory,
+) -> None:
+    intake = await start_intake("http.max_body_bytes=4096")
+    member = gzip_member(b"\n" * 3000)
+    status, answer, _ = await intake.post(member * 3, {**NDJSON, "Content-Encoding": "gzip"})
+    assert status == 413 and "once decompressed" in answer["error"]
+
+
+async def test_the_answer_to_a_bad_body_is_bounded(start_intake: IntakeFactory) -> None:
+    """200,000 broken lines in a 1 KB gzip body: the answer lists the first 100, counts
+    them all, and counts them by reason, in a few kilobytes."""
+    intake = await start_intake("http.max_body_bytes=64MiB")
+    lines = b'{"type":"sample"}\n' * 150_000 + b'{"type":"sample","id":"' + b"x" * 70 + b'"}\n'
+    lines += b"[broken\n" * 50_000
+    body = gzip_member(lines)
+    assert len(body) < 20_000
+    async with intake.session.post(
+        f"{intake.intake.url}/v1/events",
+        data=body,
+        headers={**NDJSON, "Content-Encoding": "gzip"},
+    ) as response:
+        raw = await response.read()
+        assert response.status == 400
+    assert len(raw) < 16 * 1024, len(raw)
+    answer = orjson.loads(raw)
+    assert len(answer["rejected"]) == http_module.MAX_REJECTIONS_SHOWN
+    assert answer["rejected"][0] == {"index": 0, "error": "id: is required"}
+    assert answer["rejected_total"] == 200_001
+    reasons = answer["rejected_by_reason"]
+    assert reasons["id: is required"] == 150_000
+    assert sum(reasons.values()) == 200_001
+    assert len(reasons) <= http_module.MAX_REASONS + 1
+    assert intake.stored_keys() == []
+
+
+async def test_token_and_queue_room_are_checked_before_the_body_and_100_continue(
+    start_intake: IntakeFactory, tmp_path: Path
+) -> None:
+    """A request with a wrong token, or sent while the queue is full, is answered from its
+    headers: no 100 Continue, no wait for a body that was never sent."""
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n", encoding="utf-8")
+    intake = await start_intake(f'http.token_file="{token_file}"')
+    wire = await Wire.open(intake)
+    head = (
+        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n"
+        b"Content-Type: application/x-ndjson\r\nContent-Length: 5000\r\n"
+    )
+    await wire.send(head + b"Expect: 100-continue\r\n\r\n")
+    status, headers, _ = await wire.answer()  # a 100 Continue would come first
+    assert status == 401 and "www-authenticate" in headers
+    wire.close()
+    wire = await Wire.open(intake)
+    await wire.send(head + b"\r\n")  # no Expect, and no body sent either
+    assert (await wire.answer())[0] == 401
+    wire.close()
+
+    full = await start_intake(max_bytes=16 * 1024)
+    filler = b"\n".join(orjson.dumps(sample(f"f{i}", testcol1="z" * 200)) for i in range(60))
+    while (await full.post(filler, NDJSON))[0] == 202:
+        pass
+    while (await full.post(orjson.dumps(sample("small"))))[0] == 202:
+        pass  # until even a small request is refused
+    wire = await Wire.open(full)
+    await wire.send(
+        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+    )
     status, headers, _ = await wire.answer()
-    assert (status, headers["connection"]) == (405, "close")
-    assert await wire.closed_by_server()
+    assert status == 503 and headers["retry-after"] == str(http_module.RETRY_AFTER_S)
+    wire.close()
+
+
+async def test_connections_over_the_cap_get_503_and_the_cap_frees_up(
+    start_intake: IntakeFactory,
+) -> None:
+    intake = await start_intake("http.max_connections=2")
+    first, second = await Wire.open(intake), await Wire.open(intake)
+    await asyncio.sleep(0.05)
+    third = await Wire.open(intake)
+    status, headers, body = await third.answer()
+    assert (status, headers["connection"]) == (503, "close")
+    assert "too many connections" in orjson.loads(body)["error"]
+    assert await third.closed_by_server()
+    await first.send(post_bytes(event_line("one")))
+    assert (await first.answer())[0] == 202
+    first.close()
+    await asyncio.sleep(0.1)
+    fourth = await Wire.open(intake)
+    await fourth.send(post_bytes(event_line("four")))
+    assert (await fourth.answer())[0] == 202
+    assert intake.intake.stats()["refused_connections"] == 1
+    second.close()
+    fourth.close()
+
+
+async def test_a_huge_header_is_refused_while_it_streams_in(start_intake: IntakeFactory) -> None:
+    """An 8 MiB header value is refused once it passes the field limit: the server does
+    not buffer it to its end (the answer comes while most of it is unsent)."""
+    intake = await start_intake()
+    wire = await Wire.open(intake)
+    await wire.send(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nX-Huge: ")
+    sent = 0
+    answer = None
+    while sent < 8 * 1024 * 1024:
+        try:
+            await wire.send(b"h" * 65536)
+        except ConnectionError:
+            break
+        sent += 65536
+        try:
+            answer = await asyncio.wait_for(wire.answer(), 0.05)
+            break
+        except TimeoutError:
+            continue
+    assert answer is not None and answer[0] == 431, (sent, answer)
+    assert sent < 1024 * 1024
+    wire.close()
+
+
+async def test_slow_headers_are_cut_off(
+    start_intake: IntakeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that sends its headers a byte at a time is disconnected after the idle
+    timeout, counted from the connection's start: it cannot hold a connection forever."""
+    monkeypatch.setattr(http_module, "IDLE_TIMEOUT_S", 0.5)
+    intake = await start_intake()
+    wire = await Wire.open(intake)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    closed = False
+    for byte in b"POST /v1/events HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"s" * 200:
+        try:
+            await wire.send(bytes([byte]))
+        except ConnectionError:
+            closed = True
+            break
+        if wire.reader.at_eof():
+            closed = True
+            break
+        await asyncio.sleep(0.02)
+        if loop.time() - started > 3:
+            break
+    closed = closed or await wire.closed_by_server()
+    wire.close()
+    assert closed and loop.time() - started < 3
+
+
+async def test_answers_a_client_does_not_read_stay_bounded(start_intake: IntakeFactory) -> None:
+    """A client pipelines thousands of requests and reads nothing: the server stops
+    answering (and reading) once its socket is full, rather than pile answers up in
+    memory; once the client reads, every answer comes, in order."""
+    intake = await start_intake()
+    reader, writer = await asyncio.open_connection("127.0.0.1", intake.intake.port)
+    count = 3000
+    # 100 broken lines: a 400 listing 100 rejections, some 7 KB, to a 300-byte request.
+    request = post_bytes(b"[\n" * 100)
+
+    async def send_all() -> None:
+        for _ in range(count):
+            writer.write(request)
+            await writer.drain()
+
+    sending = asyncio.create_task(send_all())
+    largest = 0
+    for _ in range(30):
+        await asyncio.sleep(0.05)
+        for connection in intake.intake._server.connections:
+            assert connection.transport is not None
+            largest = max(largest, connection.transport.get_write_buffer_size())
+    answered = intake.intake.totals["requests"]
+    assert largest < 1024 * 1024, largest
+    assert answered < count // 2, f"{answered} answered while the client read nothing"
+    wire = Wire(reader, writer)
+    statuses = [(await wire.answer())[0] for _ in range(count)]
+    await sending
+    assert statuses == [400] * count
+    wire.close()

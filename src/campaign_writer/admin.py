@@ -6,9 +6,11 @@ stats are built from counters, and every string that could echo Campaign's answe
 passes through :func:`campaign_writer.logs.redact`.
 
 * ``/healthz``: 200 while the event loop answers (liveness).
-* ``/readyz``: 200 when every readiness check passes (queue open, authenticated,
-  Campaign reachable, delivery not stopped by a fatal answer), else 503; the body
-  names each check and its problem.
+* ``/readyz``: "can this instance take events": 200 when the queue is open and not
+  full, Campaign has not refused the credentials, and no fatal answer stopped
+  delivery; else 503, the body naming each check and its problem. Campaign being
+  unreachable does not make it 503 (the queue is there to absorb events exactly
+  then): ``/v1/stats`` ``campaign`` and the ``campaign_reachable`` gauge say so.
 * ``/metrics``: Prometheus text format, names fixed in :mod:`campaign_writer.metrics`.
 * ``/v1/stats``: a JSON snapshot of queue, delivery, throttle and sources.
 """

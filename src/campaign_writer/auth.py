@@ -86,6 +86,9 @@ class Authenticator:
         self._current: Credentials | None = None
         self._renew_at = 0.0
         self.last_error: str | None = None
+        # Campaign refused the credentials themselves (not a network failure): this
+        # instance cannot deliver until the configuration changes.
+        self.refused: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -115,10 +118,13 @@ class Authenticator:
                 return current
             try:
                 fresh, lifetime = await self._authenticate()
-            except (AuthError, TransportError) as exc:
+            except AuthError as exc:
+                self.last_error = self.refused = str(exc)
+                raise
+            except TransportError as exc:
                 self.last_error = str(exc)
                 raise
-            self.last_error = None
+            self.last_error = self.refused = None
             margin = min(self.refresh_margin_s, lifetime / 2)
             self._renew_at = self._clock() + lifetime - margin
             self._current = fresh

@@ -123,6 +123,7 @@ class HttpConfig:
     listen: str = "127.0.0.1:8080"
     token: Secret | None = None
     max_body_bytes: int = 16 * _MIB
+    max_connections: int = 1024
 
 
 @dataclass(frozen=True)
@@ -442,6 +443,7 @@ def _read_http(section: Section) -> HttpConfig:
         listen=section.listen("listen", "127.0.0.1:8080"),
         token=section.secret("token"),
         max_body_bytes=section.size("max_body_bytes", 16 * _MIB, minimum=1024),
+        max_connections=section.integer("max_connections", 1024, minimum=1, maximum=1_000_000),
     )
     section.finish()
     return config

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from .admin import AdminServer
@@ -63,6 +65,7 @@ class Daemon:
         self.queue: DurableQueue | None = None
         self.transport: HttpTransport | None = None
         self.throttle: TenantThrottle | None = None
+        self.router: Router | None = None
         self.client: CampaignClient | None = None
         self.auth: Authenticator | None = None
         self.dispatcher: Dispatcher | None = None
@@ -94,7 +97,7 @@ class Daemon:
             synchronous=config.queue.synchronous,
             commit_window_s=config.queue.commit_window_ms / 1000,
         )
-        router = Router(config)
+        router = self.router = Router(config)
         self.transport = HttpTransport(
             timeout_s=config.sender.timeout_s,
             max_response_bytes=campaign.max_response_bytes,
@@ -230,6 +233,57 @@ class Daemon:
             self.queue = None
         log.info("campaign-writer stopped")
 
+    # --- reload ----------------------------------------------------------------------
+
+    def reload(self, new: Config) -> tuple[list[str], list[str]]:
+        """Apply a re-read config (SIGHUP): what changed and was applied, and what
+        changed but needs a restart (left as it was).
+
+        Live: ``log.level``, ``campaign.tps_limit``, and the routes (with
+        ``intake.invalid_xml_chars``): events mapped from now on use the new routes;
+        records already queued keep the lane and record they were mapped to, so
+        nothing is dropped or mapped twice.
+        """
+        old = self.config
+        applied: list[str] = []
+        restart: list[str] = []
+        if new.log.level != old.log.level:
+            logging.getLogger().setLevel(new.log.level.upper())
+            applied.append("log.level")
+        if new.log != replace(old.log, level=new.log.level):
+            restart.append("log")
+        if new.campaign.tps_limit != old.campaign.tps_limit:
+            if isinstance(self.throttle, TenantThrottle):
+                self.throttle.set_limit(new.campaign.tps_limit)
+                applied.append("campaign.tps_limit")
+            else:
+                restart.append("campaign.tps_limit")
+        if new.campaign != replace(old.campaign, tps_limit=new.campaign.tps_limit):
+            restart.append("campaign")
+        if new.routes != old.routes or new.intake != old.intake:
+            if self.router is not None:
+                self.router.replace(Router(new))
+            if self.dispatcher is not None:
+                for route in new.routes:
+                    lane = LaneId(route.schema, route.method)
+                    self.dispatcher.batcher.modes.setdefault(lane, route.collection)
+            applied.append("routes")
+        for name in ("queue", "http", "admin", "batch", "sender", "retry", "daemon", "sources"):
+            if getattr(new, name) != getattr(old, name):
+                restart.append(name)
+        live = replace(
+            old,
+            log=replace(old.log, level=new.log.level),
+            campaign=replace(old.campaign, tps_limit=new.campaign.tps_limit)
+            if "campaign.tps_limit" in applied
+            else old.campaign,
+            routes=new.routes,
+            intake=new.intake,
+        )
+        self.config = live
+        log.debug("reload: new settings in effect", extra={"applied": applied})
+        return applied, restart
+
     # --- health ----------------------------------------------------------------------
 
     async def _watch_campaign(self) -> None:
@@ -264,20 +318,35 @@ class Daemon:
         return time.monotonic() - last < PROBE_INTERVAL_S
 
     def readiness(self) -> dict[str, str | None]:
+        """Can this instance take events? The queue is open and has room, and nothing
+        fatal (credentials refused, a fatal answer) stops delivery. Campaign being
+        unreachable is not in it: that is when the queue should keep absorbing events
+        (see :meth:`campaign_state`)."""
         auth = self.auth
         dispatcher = self.dispatcher
+        queue = self.queue
+        if queue is None:
+            queue_problem: str | None = "closed"
+        elif queue.full:
+            queue_problem = "full: new events are refused until delivery makes room"
+        else:
+            queue_problem = None
         return {
-            "queue": None if self.queue is not None else "closed",
-            "auth": None
-            if auth is not None and auth.ready
-            else (auth.last_error if auth is not None and auth.last_error else "not authenticated"),
-            "campaign": self._campaign_problem,
+            "queue": queue_problem,
+            "auth": auth.refused if auth is not None else "not set up",
             "delivery": None
             if dispatcher is not None and dispatcher.fatal is None
             else (dispatcher.fatal if dispatcher is not None else "stopped"),
         }
 
+    def campaign_state(self) -> dict[str, Any]:
+        """Whether Campaign answers: for /v1/stats and the ``campaign_reachable`` gauge."""
+        problem = self._campaign_problem
+        self.metrics.campaign_reachable.set(0 if problem else 1)
+        return {"reachable": problem is None, "problem": problem}
+
     def _refresh_gauges(self) -> None:
+        self.campaign_state()
         if self.queue is None:
             return
         stats = self.queue.stats()
@@ -301,5 +370,6 @@ class Daemon:
                 "last_error": self.auth.last_error if self.auth else None,
             },
             "ready": self.readiness(),
+            "campaign": self.campaign_state(),
             "sources": [getattr(s, "stats", dict)() for s in self.sources],
         }

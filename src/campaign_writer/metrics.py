@@ -13,6 +13,7 @@ campaign_writer_events_rejected_total                     ctr    source
 campaign_writer_source_acked_total                        ctr    source
 campaign_writer_source_dead_lettered_total                ctr    source
 campaign_writer_source_reconnects_total                   ctr    source
+campaign_writer_source_redeliveries_total                 ctr    source (RabbitMQ)
 campaign_writer_source_paused                             gauge  source
 campaign_writer_records_delivered_total                   ctr    schema, method
 campaign_writer_records_coalesced_total                   ctr    schema, method
@@ -38,7 +39,8 @@ campaign_writer_partial_collections_total                 ctr    schema, method
 ``lane_fault_paused`` is 1 while a lane is paused because every record sent on it
 meets the same fault (the instance's fault, not the records'); ``collection_fallbacks``
 counts lanes that went to one record per call; ``partial_collections`` counts Ingest
-collections Campaign stored only in part.
+collections Campaign stored only in part. ``source_redeliveries`` exists for RabbitMQ
+sources only, so it is not in :data:`METRIC_NAMES` (which every daemon exports).
 """
 
 from __future__ import annotations
@@ -134,6 +136,11 @@ class Metrics:
             "source_dead_lettered", "Broker messages sent to the dead-letter queue", ("source",)
         )
         self.source_reconnects = counter("source_reconnects", "Broker reconnections", ("source",))
+        self.source_redeliveries = counter(
+            "source_redeliveries",
+            "Broker messages received again (RabbitMQ's redelivered flag)",
+            ("source",),
+        )
         self.source_paused = gauge(
             "source_paused", "1 while a source stops consuming for backpressure", ("source",)
         )
@@ -163,6 +170,10 @@ class Metrics:
         self.in_flight = gauge("in_flight", "Campaign calls under way")
         self.in_flight_limit = gauge("in_flight_limit", "Current cap on calls under way")
         self.rate_limit = gauge("rate_limit", "Current throttle rate, calls per second")
+        self.campaign_reachable = gauge(
+            "campaign_reachable",
+            "1 while Campaign answers (a call or a probe got an HTTP answer), else 0",
+        )
         self.lane_fault_paused = gauge(
             "lane_fault_paused",
             "1 while a lane is paused on a fault every record meets",

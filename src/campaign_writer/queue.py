@@ -410,6 +410,12 @@ class DurableQueue:
         snap = self._snapshot
         return snap.record_bytes + snap.dead_letter_bytes + size <= self.max_bytes
 
+    @property
+    def full(self) -> bool:
+        """Usage is at ``RESUME_FRACTION`` of max_bytes or more: broker sources wait,
+        and HTTP posts are refused but the smallest."""
+        return not self._has_space()
+
     def _has_space(self) -> bool:
         snap = self._snapshot
         return snap.record_bytes + snap.dead_letter_bytes < self.max_bytes * RESUME_FRACTION

@@ -445,6 +445,11 @@ class Router:
             for route in self.routes:
                 self._index.setdefault((type(route.match[0][1]), route.match[0][1]), route)
 
+    def replace(self, other: Router) -> None:
+        """Take ``other``'s routes (a config reload): one assignment of each field, with
+        no await between them, so no event is mapped half with the old routes."""
+        self.routes, self._match_key, self._index = other.routes, other._match_key, other._index
+
     # --- one event ---------------------------------------------------------------------
 
     def route(self, event: object) -> Routed:

@@ -51,6 +51,10 @@ async def _start_simulator(url: str) -> asyncio.subprocess.Process:
         host,
         "--port",
         str(port),
+        "--exit-with-stdin",
+        # The pipe's other end is ours and is never written: when this process ends,
+        # however it ends, the simulator reads the end of its input and stops.
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
     assert process.stdout is not None
@@ -74,6 +78,33 @@ async def _stop_simulator(process: asyncio.subprocess.Process) -> None:
         except TimeoutError:
             process.kill()
             await process.wait()
+
+
+def _reload(daemon: Any, args: argparse.Namespace) -> None:
+    """SIGHUP: re-read the config file; apply what can change live, name the rest."""
+    from ..config import load
+    from ..errors import ConfigError
+    from ..logs import get_logger
+
+    log = get_logger("reload")
+    try:
+        config = load(args.config, overrides=args.set)
+    except ConfigError as exc:
+        log.error(
+            "SIGHUP: the config file has problems; nothing was changed",
+            extra={"problems": list(exc.problems)[:20]},
+        )
+        return
+    applied, restart = daemon.reload(config)
+    log.info(
+        "SIGHUP: config re-read",
+        extra={"applied": applied or ["nothing changed"], "needs_restart": restart},
+    )
+    if restart:
+        log.warning(
+            "SIGHUP: these sections changed but take effect only after a restart",
+            extra={"sections": restart},
+        )
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -106,6 +137,7 @@ async def _run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, daemon.stop)
+        loop.add_signal_handler(signal.SIGHUP, _reload, daemon, args)
         assert daemon.http is not None
         print(f"campaign-writer ready: intake {daemon.http.url}/v1/events", flush=True)
         if simulator is not None:

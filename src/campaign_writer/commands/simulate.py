@@ -131,6 +131,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-level", default="INFO", help="log level on stderr (default: INFO)")
     parser.add_argument(
+        "--exit-with-stdin",
+        action="store_true",
+        help="stop when standard input ends: a parent that holds the other end of a "
+        "pipe (campaign-writer run --with-simulator) never leaves this process behind, "
+        "even if it is killed",
+    )
+    parser.add_argument(
         "--example-config",
         action="store_true",
         help="print a TOML file with every key at its default, and exit",
@@ -212,13 +219,28 @@ async def _run(args: argparse.Namespace) -> int:
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
+    watcher = loop.create_task(_stdin_ended(stop)) if args.exit_with_stdin else None
     try:
         await stop.wait()
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+        if watcher is not None:
+            watcher.cancel()
         await simulator.close()
     return 0
+
+
+async def _stdin_ended(stop: Any) -> None:
+    """Set ``stop`` (an asyncio.Event) once standard input ends: the parent is gone."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while await reader.read(4096):
+        pass
+    stop.set()
 
 
 def execute(args: argparse.Namespace) -> Coroutine[Any, Any, int] | int:
