@@ -31,7 +31,7 @@ from .metrics import Metrics
 from .outcome import Fatal, Ok, Reject, Retry, Throttled
 from .sender import CampaignClient
 from .soap import Credentials, Param, parse_logon
-from .transport import HttpTransport
+from .transport import Transport
 
 __all__ = [
     "AuthSettings",
@@ -145,7 +145,7 @@ class ImsTokenSource:
 
     def __init__(
         self,
-        transport: HttpTransport,
+        transport: Transport,
         *,
         url: str,
         client_id: str,
@@ -321,7 +321,7 @@ class BearerLogonAuth(_LogonAuth):
 def create_authenticator(
     settings: AuthSettings,
     client: CampaignClient,
-    transport: HttpTransport,
+    transport: Transport,
     *,
     metrics: Metrics | None = None,
     clock: Clock = time.monotonic,

@@ -22,10 +22,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Literal
 
 from .documents import StagingRecord, parse_fragment, render_fragment
 from .evidence import LaneHealth, Strike
+from .records import LaneId
 
 __all__ = ["Batch", "Batcher", "Entry", "Lane", "LaneId", "merge_operations"]
 
@@ -40,11 +41,6 @@ _COMBINED: dict[tuple[str, str], str] = {
     ("insertOrUpdate", "update"): "insertOrUpdate",
     ("insertOrUpdate", "insert"): "insertOrUpdate",
 }
-
-
-class LaneId(NamedTuple):
-    schema: str
-    method: str
 
 
 def merge_operations(older: str | None, newer: str | None) -> tuple[bool, str | None]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from .admin import AdminServer
 from .auth import Authenticator, create_authenticator
-from .batcher import Batcher, LaneId
+from .batcher import Batcher
 from .config import Config, split_listen
 from .dispatcher import Dispatcher, RetryPolicy
 from .errors import AuthError, CampaignError, CampaignWriterError
@@ -35,7 +35,7 @@ from .sender import CampaignClient
 from .sources import build_sources
 from .sources.http import HttpIntake
 from .throttle import TenantThrottle
-from .transport import HttpTransport, TlsPolicy
+from .transport import HttpTransport, TlsPolicy, Transport
 
 __all__ = ["Daemon", "ThrottleFactory"]
 
@@ -56,14 +56,18 @@ class Daemon:
         *,
         metrics: Metrics | None = None,
         throttle_factory: ThrottleFactory | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
         # The benchmark's "cubic" peer swaps the throttle for another rate controller;
         # production always builds the TenantThrottle below.
         self._throttle_factory = throttle_factory
+        # Tests pass a campaign_writer.testing.FakeTransport; by default the daemon
+        # builds an HttpTransport from the config. Either way it starts and closes it.
+        self._given_transport = transport
         self.queue: DurableQueue | None = None
-        self.transport: HttpTransport | None = None
+        self.transport: Transport | None = None
         self.throttle: TenantThrottle | None = None
         self.router: Router | None = None
         self.client: CampaignClient | None = None
@@ -98,12 +102,14 @@ class Daemon:
             commit_window_s=config.queue.commit_window_ms / 1000,
         )
         router = self.router = Router(config)
-        self.transport = HttpTransport(
-            timeout_s=config.sender.timeout_s,
-            max_response_bytes=campaign.max_response_bytes,
-            tls=TlsPolicy(campaign.tls.verify, campaign.tls.ca_bundle),
-            max_connections=config.sender.max_in_flight + 8,
-        )
+        self.transport = self._given_transport
+        if self.transport is None:
+            self.transport = HttpTransport(
+                timeout_s=config.sender.timeout_s,
+                max_response_bytes=campaign.max_response_bytes,
+                tls=TlsPolicy(campaign.tls.verify, campaign.tls.ca_bundle),
+                max_connections=config.sender.max_in_flight + 8,
+            )
         await self.transport.start()
         if self._throttle_factory is not None:
             self.throttle = self._throttle_factory(config, self.metrics)
@@ -124,7 +130,7 @@ class Daemon:
         self.auth = create_authenticator(
             campaign.auth, self.client, self.transport, metrics=self.metrics
         )
-        modes = {LaneId(route.schema, route.method): route.collection for route in config.routes}
+        modes = {route.lane_id: route.collection for route in config.routes}
         batcher = Batcher(
             max_records=config.batch.max_records,
             max_bytes=config.batch.max_bytes,
@@ -265,8 +271,7 @@ class Daemon:
                 self.router.replace(Router(new))
             if self.dispatcher is not None:
                 for route in new.routes:
-                    lane = LaneId(route.schema, route.method)
-                    self.dispatcher.batcher.modes.setdefault(lane, route.collection)
+                    self.dispatcher.batcher.modes.setdefault(route.lane_id, route.collection)
             applied.append("routes")
         for name in ("queue", "http", "admin", "batch", "sender", "retry", "daemon", "sources"):
             if getattr(new, name) != getattr(old, name):

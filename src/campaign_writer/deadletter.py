@@ -24,8 +24,7 @@ from typing import Any
 import orjson
 
 from .errors import QueueFullError, RecordError
-from .queue import QueueItem
-from .queuefile import (
+from .queue.file import (
     ROW_OVERHEAD,
     SQL_SET_TOTALS,
     SQL_TOTALS,
@@ -33,6 +32,7 @@ from .queuefile import (
     open_connection,
     translate_error,
 )
+from .records import DeadLetter, QueueItem
 from .router import Router
 
 __all__ = ["DeadLetter", "DeadLetterStore", "ReplayResult"]
@@ -59,52 +59,6 @@ _DELETE_MATCHING = (
     " WHERE id > ?1 AND (?2 IS NULL OR id IN (SELECT value FROM json_each(?2)))"
     " AND (?3 IS NULL OR code = ?3) RETURNING size"
 )
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """One entry: the original event (or broker message) and why it was refused."""
-
-    id: int
-    record_id: int | None
-    source: str
-    lane: str | None
-    key: str | None
-    event: bytes
-    headers: dict[str, Any]
-    reason: str
-    status: int | None
-    code: str
-    attempts: int
-    created_at: float
-    dead_at: float
-    record: bytes | None
-
-    def as_dict(self, *, full: bool = False, limit: int = 200) -> dict[str, Any]:
-        """A JSON-ready view; the event and record are text, cut to ``limit`` unless full."""
-
-        def text(data: bytes | None) -> str | None:
-            if data is None:
-                return None
-            shown = data.decode("utf-8", "replace")
-            return shown if full or len(shown) <= limit else shown[:limit] + "..."
-
-        return {
-            "id": self.id,
-            "code": self.code,
-            "reason": self.reason,
-            "status": self.status,
-            "source": self.source,
-            "lane": self.lane,
-            "key": self.key,
-            "attempts": self.attempts,
-            "created_at": self.created_at,
-            "dead_at": self.dead_at,
-            "event": text(self.event),
-            "headers": self.headers,
-            "record": text(self.record),
-            "record_id": self.record_id,
-        }
 
 
 @dataclass

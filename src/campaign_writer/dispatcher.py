@@ -36,12 +36,12 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from .auth import Authenticator
-from .batcher import Batch, Batcher, Entry, Lane, LaneId
+from .batcher import Batch, Batcher, Entry, Lane
 from .codes import names_a_record
 from .documents import fragments_document
 from .errors import AuthError, QueueError, TransportError
@@ -49,6 +49,7 @@ from .evidence import Strike
 from .logs import get_logger
 from .metrics import Metrics
 from .outcome import AuthExpired, Fatal, Ok, Outcome, Reject, Retry, Throttled
+from .records import LaneId, Leased, RecordDeadLetter
 from .sender import CampaignClient
 from .soap import Param
 from .wakeup import Wakeup
@@ -70,21 +71,13 @@ TAIL_RECORDS = 50
 TAIL_WINDOW_S = 600.0
 
 
-class LeasedRecord(Protocol):
-    id: int
-    lane: Any
-    key: str | None
-    record: bytes
-    created_at: float
-
-
 class RecordQueue(Protocol):
     """What delivery needs from :class:`campaign_writer.queue.DurableQueue`."""
 
-    async def lease(self, limit: int) -> list[Any]: ...
+    async def lease(self, limit: int) -> list[Leased]: ...
     async def ack(self, ids: list[int]) -> None: ...
     async def release(self, ids: list[int]) -> None: ...
-    async def dead_letter(self, entries: list[tuple[int, str, int | None, str]]) -> None: ...
+    async def dead_letter(self, entries: Sequence[RecordDeadLetter]) -> None: ...
     async def wait_for_records(self, timeout: float) -> bool: ...
 
 
@@ -145,16 +138,6 @@ class InFlightLimit:
                 self._changed.notify_all()
             if self._on_change is not None:
                 self._on_change(wanted)
-
-
-def lane_id_of(lane: Any) -> LaneId:
-    """The queue's lane value as a LaneId (schema, method)."""
-    if isinstance(lane, LaneId):
-        return lane
-    if isinstance(lane, str):
-        schema, _, method = lane.partition("#")
-        return LaneId(schema, method)
-    return LaneId(lane.schema, lane.method)
 
 
 class _Sent(NamedTuple):
@@ -270,7 +253,7 @@ class Dispatcher:
 
     async def _feed(self) -> None:
         merges_seen: dict[LaneId, int] = {}
-        lane_ids: dict[Any, LaneId] = {}
+        lane_ids: dict[str, LaneId] = {}
         while not self._stopping:
             room = self.lease_capacity - self.batcher.pending
             if room <= 0:
@@ -296,13 +279,13 @@ class Dispatcher:
             for lane, entries in by_lane.items():
                 lane_id = lane_ids.get(lane)
                 if lane_id is None:
-                    lane_id = lane_ids[lane] = lane_id_of(lane)
+                    lane_id = lane_ids[lane] = LaneId.parse(lane)
                     self._lane_series(lane_id)
                 sooner = self.batcher.add_many(lane_id, entries) or sooner
-            for lane_id, lane in self.batcher.lanes.items():
-                new = lane.merges - merges_seen.get(lane_id, 0)
+            for lane_id, state in self.batcher.lanes.items():
+                new = state.merges - merges_seen.get(lane_id, 0)
                 if new:
-                    merges_seen[lane_id] = lane.merges
+                    merges_seen[lane_id] = state.merges
                     self.metrics.records_coalesced.labels(*lane_id).inc(new)
             if sooner:
                 # Otherwise the dispatcher's timer already covers every lane's due time.
@@ -790,7 +773,7 @@ class Dispatcher:
     async def _dead_letter(
         self, batch: Batch, entries: list[Entry], reason: str, status: int | None, code: str
     ) -> int:
-        rows = [(i, reason, status, code) for e in entries for i in e.ids]
+        rows = [RecordDeadLetter(i, reason, status, code) for e in entries for i in e.ids]
         await self.queue.dead_letter(rows)
         self.batcher.finished(batch, entries)
         self.totals["dead_lettered"] += len(rows)

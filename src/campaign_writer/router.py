@@ -34,7 +34,7 @@ import orjson
 
 from .documents import OPERATIONS, render_fragment
 from .errors import ConfigError, RecordError
-from .queue import QueueItem
+from .records import LaneId, QueueItem
 from .settings import MISSING, Section, describe
 from .xmltext import XmlTextPolicy, check_name, check_qualified_name, quote_attribute
 from .xtktypes import TEXT_TYPES, XTK_TYPES, Caster, caster, json_type, text_length
@@ -50,7 +50,6 @@ __all__ = [
     "Routed",
     "Router",
     "Routing",
-    "lane_of",
     "read_routes",
 ]
 
@@ -62,11 +61,6 @@ _RESERVED_ATTRIBUTES: Final = frozenset({"xtkschema"})
 # has passed the XML character check, so no value can contain it.
 _KEY_JOIN: Final = "\x1f"
 _MISSING: Final = object()
-
-
-def lane_of(schema: str, method: str) -> str:
-    """A lane as the queue stores it: ``dem:sampleTableStg#Ingest``."""
-    return f"{schema}#{method}"
 
 
 @dataclass(frozen=True)
@@ -96,8 +90,13 @@ class RouteConfig:
     collection: CollectionMode = "auto"
 
     @property
+    def lane_id(self) -> LaneId:
+        return LaneId(self.schema, self.method)
+
+    @property
     def lane(self) -> str:
-        return lane_of(self.schema, self.method)
+        """The lane as the queue stores it (:attr:`LaneId.text`)."""
+        return self.lane_id.text
 
     @property
     def key_spec(self) -> str | None:

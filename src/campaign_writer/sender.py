@@ -10,7 +10,7 @@ business (see :mod:`campaign_writer.dispatcher`).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from .errors import CampaignError
@@ -18,7 +18,7 @@ from .metrics import Metrics
 from .outcome import Outcome, Throttled, classify
 from .soap import DEFAULT_MAX_RESPONSE_BYTES, Credentials, Param, WireOptions, build_request
 from .throttle import TenantThrottle
-from .transport import HttpTransport
+from .transport import Transport
 
 __all__ = ["CallResult", "CampaignClient"]
 
@@ -35,12 +35,13 @@ class CampaignClient:
     def __init__(
         self,
         url: str,
-        transport: HttpTransport,
+        transport: Transport,
         throttle: TenantThrottle,
         *,
         wire: WireOptions | None = None,
         metrics: Metrics | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.base_url = url.rstrip("/")
         self.transport = transport
@@ -48,6 +49,7 @@ class CampaignClient:
         self.wire = wire or WireOptions()
         self.metrics = metrics
         self.max_response_bytes = max_response_bytes
+        self._clock = clock  # times each call's latency (tests pass a virtual clock)
         self.last_response_at = 0.0  # monotonic time of the last HTTP answer, any status
 
     async def call(
@@ -56,7 +58,7 @@ class CampaignClient:
         """Make one call and classify what came back. Never raises for Campaign's answers."""
         request = build_request(method, params, credentials, self.wire)
         await self.throttle.acquire()
-        started = time.perf_counter()
+        started = self._clock()
         status: int | None = None
         try:
             response = await self.transport.post(
@@ -69,7 +71,7 @@ class CampaignClient:
             outcome = classify(
                 status, response.headers, response.body, max_bytes=self.max_response_bytes
             )
-        latency = time.perf_counter() - started
+        latency = self._clock() - started
         if isinstance(outcome, Throttled):
             self.throttle.on_throttled(outcome.retry_after)
         elif status is not None:

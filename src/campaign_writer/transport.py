@@ -1,4 +1,8 @@
-"""HTTP client transport: one aiohttp session, TLS policy, bounded reads.
+"""HTTP client transport: the seam, and one aiohttp session behind it.
+
+:class:`Transport` is the seam, as httpx has one: the four calls that delivery, auth
+and the daemon make. :class:`HttpTransport` is the real one;
+:class:`campaign_writer.testing.FakeTransport` answers in memory, for tests.
 
 This is the one module that calls aiohttp's client; its exceptions become
 :class:`~campaign_writer.errors.TransportError` (refused, reset, timed out) or
@@ -12,14 +16,14 @@ from __future__ import annotations
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import aiohttp
 
 from .errors import ResponseError, TransportError
 from .logs import get_logger
 
-__all__ = ["HttpResponse", "HttpTransport", "TlsPolicy", "ssl_context"]
+__all__ = ["HttpResponse", "HttpTransport", "TlsPolicy", "Transport", "ssl_context"]
 
 log = get_logger("transport")
 
@@ -36,6 +40,29 @@ class HttpResponse(NamedTuple):
     status: int
     headers: Mapping[str, str]
     body: bytes
+
+
+class Transport(Protocol):
+    """What the writer needs from HTTP: start, POST, GET, close.
+
+    ``post`` and ``get`` return the whole answer, whatever its status. A failed
+    exchange (refused, reset, timed out) raises
+    :class:`~campaign_writer.errors.TransportError`; a body the transport refuses (over
+    its size cap) raises :class:`~campaign_writer.errors.ResponseError`. Nothing else
+    escapes.
+    """
+
+    async def start(self) -> None:
+        """Open what the transport needs (a session, a pool); idempotent."""
+
+    async def close(self) -> None:
+        """Release it; idempotent."""
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
+        """POST ``body`` to ``url`` and read the whole answer."""
+
+    async def get(self, url: str) -> HttpResponse:
+        """GET ``url`` (health probes) and read the whole answer."""
 
 
 def ssl_context(policy: TlsPolicy) -> ssl.SSLContext | bool:

@@ -9,7 +9,7 @@ import orjson
 
 from campaign_writer.documents import StagingRecord, encode_record
 from campaign_writer.queue import QueueItem
-from campaign_writer.queuefile import SQL_SET_TOTALS, SQL_TOTALS, insert_records, open_connection
+from campaign_writer.queue.file import SQL_SET_TOTALS, SQL_TOTALS, insert_records, open_connection
 
 LANE = "dem:sampleTableStg#Ingest"
 

@@ -15,7 +15,7 @@ import pytest
 
 from campaign_writer.errors import QueueError
 from campaign_writer.queue import DurableQueue
-from campaign_writer.queuefile import _ENOUGH_ROWS, GroupCommit
+from campaign_writer.queue.window import ENOUGH_ROWS, GroupCommit
 from tests.queue.support import items, rows
 
 WINDOW = 0.02
@@ -216,7 +216,7 @@ async def test_large_appends_do_not_wait(tmp_path: Path) -> None:
     queue = await DurableQueue.open(tmp_path / "queue.sqlite3", commit_window_s=20.0)
     try:
         for n in range(5):
-            await asyncio.wait_for(queue.append(items(f"big{n}-", _ENOUGH_ROWS)), 10)
+            await asyncio.wait_for(queue.append(items(f"big{n}-", ENOUGH_ROWS)), 10)
         assert queue.grouping.waits == 0
     finally:
         await queue.close()
@@ -228,7 +228,7 @@ async def test_a_large_append_ends_the_window(tmp_path: Path) -> None:
     try:
         small = await _waiting_append(queue)
         await asyncio.sleep(0.05)
-        big = asyncio.create_task(queue.append(items("joins-", _ENOUGH_ROWS)))
+        big = asyncio.create_task(queue.append(items("joins-", ENOUGH_ROWS)))
         await asyncio.wait_for(asyncio.gather(small, big), 10)
         assert (queue.grouping.waits, queue.grouping.joined) == (1, 1)
     finally:

@@ -10,7 +10,7 @@ import pytest
 
 from campaign_writer.errors import QueueFullError
 from campaign_writer.queue import DurableQueue, RawDeadLetter
-from campaign_writer.queuefile import translate_error
+from campaign_writer.queue.file import translate_error
 from tests.queue.support import items, rows
 
 

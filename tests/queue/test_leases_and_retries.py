@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from campaign_writer.queue import DurableQueue
-from campaign_writer.queuefile import _runs, insert_records, open_connection
+from campaign_writer.queue.file import insert_records, open_connection
+from campaign_writer.queue.jobs import AppendJob, Job, LeaseJob
+from campaign_writer.queue.worker import id_runs
 from tests.queue.support import WallClock, append_elsewhere, item, items, rows
 
 
@@ -115,10 +118,10 @@ async def test_a_cancelled_lease_leaves_due_records_due(tmp_path: Path) -> None:
         await queue.release([r.id for r in await queue.lease(2)])
         submit = queue._submit
 
-        async def cancelled(kind: str, *args: object) -> object:
-            if kind == "lease":
+        async def cancelled(job: Job[Any]) -> Any:
+            if isinstance(job, LeaseJob):
                 raise asyncio.CancelledError
-            return await submit(kind, *args)
+            return await submit(job)
 
         queue._submit = cancelled  # type: ignore[method-assign]
         with pytest.raises(asyncio.CancelledError):
@@ -177,19 +180,19 @@ async def test_records_and_events_are_stored_as_blobs_byte_for_byte(tmp_path: Pa
 
 def test_ack_ids_become_runs_only_when_they_are_mostly_consecutive() -> None:
     """Runs of consecutive ids, in order and counted once; None when too scattered."""
-    assert _runs([7, 3, 4, 5, 6, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]) == [
+    assert id_runs([7, 3, 4, 5, 6, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]) == [
         (3, 7),
         (10, 20),
     ]
-    assert _runs([5]) == [(5, 5)]
-    assert _runs([9, 9, 8, 8]) == [(8, 9)]
-    assert _runs([]) is None
-    assert _runs(list(range(0, 64, 2))) is None  # 32 runs of one
-    assert _runs(list(range(0, 64, 2)) * 8) is None  # repeats do not make runs longer
-    assert _runs([*range(32), 40]) == [(0, 31), (40, 40)]
+    assert id_runs([5]) == [(5, 5)]
+    assert id_runs([9, 9, 8, 8]) == [(8, 9)]
+    assert id_runs([]) is None
+    assert id_runs(list(range(0, 64, 2))) is None  # 32 runs of one
+    assert id_runs(list(range(0, 64, 2)) * 8) is None  # repeats do not make runs longer
+    assert id_runs([*range(32), 40]) == [(0, 31), (40, 40)]
     # Eight ids per run on average is still worth ranges; seven is not.
-    assert _runs([i for start in (0, 100) for i in range(start, start + 8)]) is not None
-    assert _runs([i for start in (0, 100) for i in range(start, start + 7)]) is None
+    assert id_runs([i for start in (0, 100) for i in range(start, start + 8)]) is not None
+    assert id_runs([i for start in (0, 100) for i in range(start, start + 7)]) is None
 
 
 @pytest.mark.parametrize("scattered", [False, True])
@@ -249,12 +252,12 @@ async def test_nothing_new_is_answered_from_memory_unless_a_scan_went_unread(
     trip through the queue thread; but rows a cancelled scan read and never handed out
     still send the next lease to the file."""
     queue = await DurableQueue.open(tmp_path / "queue.sqlite3")
-    submitted: list[str] = []
+    submitted: list[type[Job[Any]]] = []
     submit = queue._submit
 
-    async def counting(kind: str, *args: object) -> object:
-        submitted.append(kind)
-        return await submit(kind, *args)
+    async def counting(job: Job[Any]) -> Any:
+        submitted.append(type(job))
+        return await submit(job)
 
     queue._submit = counting  # type: ignore[method-assign]
     try:
@@ -265,7 +268,7 @@ async def test_nothing_new_is_answered_from_memory_unless_a_scan_went_unread(
         await queue.append(items("b", 2))
         assert [r.key for r in await queue.lease(10)] == ["b0", "b1"]
         assert await queue.lease(10) == []
-        assert submitted == ["append"]
+        assert submitted == [AppendJob]
     finally:
         await queue.close()
 
@@ -302,10 +305,10 @@ async def test_a_scan_that_stops_inside_an_append_held_in_memory_leaves_the_rest
         second = [r.key for r in await queue.lease(4)]
         # From memory: the scan's overlap was skipped, not a reason to drop the tail (a
         # private look; reading the file instead would give the same keys).
-        assert queue._tail_exact and queue._tail_count == 2
+        assert queue._tail.exact and queue._tail.count == 2
         third = [r.key for r in await queue.lease(100)]
         assert (second, third) == (["b3", "b4", "b5", "c0"], ["c1", "c2"])
-        assert queue._tail_exact and queue._tail_count == 0
+        assert queue._tail.exact and queue._tail.count == 0
         assert await queue.lease(100) == []
         await queue.ack(list(range(1, 11)))
         assert (queue.stats().depth, queue.stats().bytes, queue.stats().leased) == (0, 0, 0)

@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Protocol
 from ..errors import QueueFullError, SourceError
 from ..logs import get_logger, redact
 from ..metrics import Metrics
-from ..queue import QueueItem, RawDeadLetter
+from ..records import QueueItem, RawDeadLetter
 from ..settings import Section
 
 __all__ = [

@@ -1,35 +1,4 @@
-"""The durable local queue that sits between intake and delivery.
-
-::
-
-    q = await DurableQueue.open(path, max_bytes=..., synchronous="FULL", commit_window_s=0.02)
-    await q.append(items)            # all-or-nothing, durable when it returns
-    leased = await q.lease(500)      # ready records, oldest first
-    await q.ack(ids) / q.retry(ids, retry_at, reason) / q.release(ids)
-    await q.dead_letter([(id, reason, status, code)])
-    await q.close()
-
-Appends from many tasks are committed together, one fsync for all of them (see
-:mod:`.queuefile`, which owns the SQLite file and its thread); with a commit window,
-an append that has others close behind it waits up to ``commit_window_s`` for them
-(:class:`~campaign_writer.queuefile.GroupCommit`). With
-``synchronous=FULL``, a record whose ``append`` returned survives ``kill -9`` and
-power loss, so a source may acknowledge upstream at that point and not before.
-
-When the file holds ``max_bytes`` (records plus dead letters), ``append`` raises
-:class:`~campaign_writer.errors.QueueFullError` and writes nothing; sources pause on
-:meth:`DurableQueue.wait_for_space`. Nothing is ever dropped to make room.
-
-Leases live in memory. One process owns a queue file (an advisory lock on
-``<file>-lock``); after a crash, every record that was not acknowledged is ready
-again on the next open. New records are found by id, which only grows, so records
-appended by another process (``campaign-writer dlq replay``) reach delivery too.
-
-Once a lease has read to the end of the file, the records this process appends next
-are handed to ``lease`` from memory as their commits settle (up to ``_TAIL_MAX`` of
-them), which saves the queue thread a read per append. A gap in their ids, a commit by
-another process, or a backlog beyond that bound sends leases back to the file.
-"""
+"""The queue's asyncio face: :class:`DurableQueue` (see the package's docstring)."""
 
 from __future__ import annotations
 
@@ -40,163 +9,27 @@ import heapq
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from queue import SimpleQueue
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal, TypeVar
 
-from .errors import CampaignWriterError, QueueError
-from .logs import get_logger
-from .queuefile import (
-    ROW_OVERHEAD,
-    GroupCommit,
-    Job,
-    Snapshot,
-    Worker,
-    corrupt_message,
-    open_connection,
-    snapshot,
-    translate_error,
-)
-from .wakeup import Wakeup
+from ..errors import CampaignWriterError, QueueError
+from ..records import Leased, QueueItem, RawDeadLetter, RecordDeadLetter
+from ..wakeup import Wakeup
+from .file import Snapshot
+from .jobs import AckJob, AppendJob, CloseJob, DeadLetterJob, Job, LeaseJob, RetryJob
+from .stats import QueueStats, stats_of
+from .tail import Tail
+from .window import GroupCommit
+from .worker import Worker
 
-__all__ = [
-    "DEFAULT_MAX_BYTES",
-    "RESUME_FRACTION",
-    "ROW_OVERHEAD",
-    "DurableQueue",
-    "Leased",
-    "QueueItem",
-    "QueueStats",
-    "RawDeadLetter",
-    "corrupt_message",
-    "read_stats",
-]
-
-log = get_logger("queue")
+__all__ = ["DEFAULT_MAX_BYTES", "RESUME_FRACTION", "DurableQueue"]
 
 DEFAULT_MAX_BYTES: Final = 1024**3
 RESUME_FRACTION: Final = 0.95  # wait_for_space wakes once usage is below this share
-_TAIL_MAX: Final = 20_000  # fresh records held in memory for lease(); beyond, read the file
 
-
-class QueueItem(NamedTuple):
-    """One record to append; ``event`` is the original event, kept for the DLQ and replay."""
-
-    lane: str
-    key: str | None
-    record: bytes
-    event: bytes
-    source: str
-    created_at: float
-
-
-class Leased(NamedTuple):
-    """A record handed to delivery; it stays on disk until ack or dead_letter."""
-
-    id: int
-    lane: str
-    key: str | None
-    record: bytes
-    attempts: int
-    created_at: float
-
-
-class RawDeadLetter(NamedTuple):
-    """A message that never became a record (unparseable, unmappable)."""
-
-    source: str
-    payload: bytes
-    headers: Mapping[str, Any]
-    reason: str
-    code: str = "INTAKE"
-
-
-@dataclass(slots=True, eq=False)
-class _Chunk:
-    """One append's records in the tail: ids ``first`` onwards, taken from ``start``."""
-
-    first: int
-    records: list[Leased]
-    sizes: list[int]
-    start: int = 0
-
-    @property
-    def next_id(self) -> int:
-        return self.first + self.start
-
-    @property
-    def end(self) -> int:
-        """One past the last id."""
-        return self.first + len(self.records)
-
-
-@dataclass(frozen=True)
-class QueueStats:
-    """A snapshot of the queue, for ``status``, /v1/stats and the gauges."""
-
-    depth: int
-    bytes: int
-    dead_letters: int
-    dead_letter_bytes: int
-    dead_letters_by_reason: Mapping[str, int]
-    oldest_created_at: float | None
-    taken_at: float
-    leased: int = 0
-    max_bytes: int | None = None
-
-    @property
-    def oldest_age_s(self) -> float | None:
-        if self.oldest_created_at is None:
-            return None
-        return max(0.0, self.taken_at - self.oldest_created_at)
-
-    @property
-    def used_bytes(self) -> int:
-        return self.bytes + self.dead_letter_bytes
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "depth": self.depth,
-            "bytes": self.bytes,
-            "leased": self.leased,
-            "oldest_age_s": None if self.oldest_age_s is None else round(self.oldest_age_s, 3),
-            "dead_letters": self.dead_letters,
-            "dead_letter_bytes": self.dead_letter_bytes,
-            "dead_letters_by_reason": dict(self.dead_letters_by_reason),
-            "max_bytes": self.max_bytes,
-        }
-
-
-def read_stats(path: str | Path, *, max_bytes: int | None = None) -> QueueStats:
-    """Stats read straight from a queue file, whether or not a daemon owns it."""
-    import sqlite3  # only for the exception type, translated right here
-
-    file = Path(path)
-    conn = open_connection(file, create=False)
-    try:
-        snap = snapshot(conn)
-    except sqlite3.Error as exc:
-        raise translate_error(exc, file) from None
-    finally:
-        conn.close()
-    return _stats_of(snap, time.time(), 0, max_bytes)
-
-
-def _stats_of(snap: Snapshot, now: float, leased: int, max_bytes: int | None) -> QueueStats:
-    return QueueStats(
-        depth=snap.records,
-        bytes=snap.record_bytes,
-        dead_letters=snap.dead_letters,
-        dead_letter_bytes=snap.dead_letter_bytes,
-        dead_letters_by_reason=snap.by_code,
-        oldest_created_at=snap.oldest_created_at,
-        taken_at=now,
-        leased=leased,
-        max_bytes=max_bytes,
-    )
+ResultT = TypeVar("ResultT")
 
 
 def _take_lock(path: Path) -> int:
@@ -237,7 +70,7 @@ class DurableQueue:
         self.synchronous = synchronous
         self.grouping = GroupCommit(commit_window_s)
         self._clock = clock
-        self._jobs: SimpleQueue[Job] = SimpleQueue()
+        self._jobs: SimpleQueue[Job[Any]] = SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._worker: Worker | None = None
@@ -247,16 +80,7 @@ class DurableQueue:
         self._due: list[tuple[float, int]] = []  # (retry_at, id) of retried/released records
         self._leased: dict[int, int] = {}  # id -> size, so an ack needs no read-back
         self._more = False  # the last scan stopped at its limit
-        # Records this process appended since the last scan that reached the end of the
-        # file, when they are known to be ALL the records above the cursor: lease()
-        # then hands them over without reading them back (see _take_tail).
-        # Held as one chunk per append, so that taking and counting them is slicing.
-        self._tail: deque[_Chunk] = deque()
-        self._tail_count = 0  # records in the tail not yet taken
-        self._tail_exact = False
-        # The last id the scan that made the tail exact read (or its cursor, if it read
-        # nothing): once the cursor is there, an empty exact tail means nothing is new.
-        self._exact_end = 0
+        self._tail = Tail()  # fresh appends, which lease() hands over without a read
         self._new_records = Wakeup()
         self._space = asyncio.Event()
         self._lease_lock = asyncio.Lock()
@@ -322,34 +146,32 @@ class DurableQueue:
 
     # --- plumbing between the loop and the thread --------------------------------------
 
-    def _from_thread(self, batch: list[Job], snap: Snapshot | None, external: bool) -> None:
+    def _from_thread(self, batch: list[Job[Any]], snap: Snapshot | None, external: bool) -> None:
         loop = self._loop
         if loop is None:
             return
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
             loop.call_soon_threadsafe(self._settle, batch, snap, external)
 
-    def _settle(self, batch: list[Job], snap: Snapshot | None, external: bool) -> None:
+    def _settle(self, batch: list[Job[Any]], snap: Snapshot | None, external: bool) -> None:
         appended = external
+        tail = self._tail
         if external:
-            self._forget_tail()  # another process wrote: only a scan knows what is there
+            tail.forget()  # another process wrote: only a scan knows what is there
         for job in batch:
-            if job.error is not None:
-                pass
-            elif job.kind == "append" and job.result[0]:
-                appended = True
-                if self._tail_exact:
-                    self._extend_tail(job.args[0], *job.result)
-            elif job.kind == "lease" and not self._tail_exact:
-                wanted = job.args[2]
-                if wanted > 0 and len(job.result[1]) < wanted:
-                    # This scan read to the end of the file. Appends settled from here on
-                    # are all that lies above it (unless another process writes), and
-                    # their results come after this one, in commit order.
-                    self._forget_tail()
-                    self._tail_exact = True
-                    rows = job.result[1]
-                    self._exact_end = rows[-1][0] if rows else job.args[1]
+            if job.error is None and job.result is not None:
+                if isinstance(job, AppendJob):
+                    if job.result.ids:
+                        appended = True
+                        if tail.exact:
+                            tail.extend(job.items, job.result)
+                elif isinstance(job, LeaseJob) and not tail.exact:
+                    wanted, fresh = job.limit, job.result.fresh
+                    if wanted > 0 and len(fresh) < wanted:
+                        # This scan read to the end of the file. Appends settled from here
+                        # on are all that lies above it (unless another process writes),
+                        # and their results come after this one, in commit order.
+                        tail.made_exact(fresh[-1][0] if fresh else job.cursor)
             future = job.future
             if future is None or future.done():
                 continue
@@ -364,12 +186,13 @@ class DurableQueue:
         if self._has_space():
             self._space.set()
 
-    async def _submit(self, kind: str, *args: Any) -> Any:
+    async def _submit(self, job: Job[ResultT]) -> ResultT:
         if self._closed or self._loop is None:
             raise QueueError(f"the queue {self.path} is closed")
-        future: asyncio.Future[Any] = self._loop.create_future()
+        future: asyncio.Future[ResultT] = self._loop.create_future()
+        job.future = future
         assert self._worker is not None
-        self._worker.submit(self._jobs, Job(kind, args, future))
+        self._worker.submit(self._jobs, job)
         return await future
 
     # --- intake ----------------------------------------------------------------------
@@ -382,7 +205,7 @@ class DurableQueue:
         QueueFullError, with nothing written, when they do not fit in ``max_bytes``.
         """
         if items or dead_letters:
-            await self._submit("append", items, dead_letters)
+            await self._submit(AppendJob(items, dead_letters))
 
     async def dead_letter_raw(
         self,
@@ -422,99 +245,16 @@ class DurableQueue:
 
     # --- delivery --------------------------------------------------------------------
 
-    def _extend_tail(
-        self, items: Sequence[QueueItem], ids: Sequence[int], sizes: list[int]
-    ) -> None:
-        count = len(ids)
-        if not count:
-            return
-        first = ids[0]
-        if self._tail_count + count > _TAIL_MAX or ids[-1] - first != count - 1:
-            # A backlog builds up, or (never seen) one append's ids are not consecutive:
-            # leases read the file.
-            self._forget_tail()
-            return
-        new = tuple.__new__  # Leased without its Python-level __new__ frame, per record
-        records = [
-            new(Leased, (record_id, lane, key, record, 0, created_at))
-            for record_id, (lane, key, record, _, _, created_at) in zip(
-                range(first, first + count), items, strict=True
-            )
-        ]
-        self._tail.append(_Chunk(first, records, sizes))
-        self._tail_count += count
-
-    def _forget_tail(self) -> None:
-        self._tail.clear()
-        self._tail_count = 0
-        self._tail_exact = False
-
-    def _take_tail(self, limit: int) -> list[Leased] | None:
-        """Fresh records from memory, or None when the file must be read.
-
-        Ids of one process's appends follow each other; a gap means another process
-        inserted rows in between (a replay), so the file is read from there on.
-        """
-        tail = self._tail
-        cursor = self._cursor
-        while tail:  # drop what the scan that made the tail exact also read back
-            chunk = tail[0]
-            if chunk.end - 1 <= cursor:
-                tail.popleft()
-                self._tail_count -= len(chunk.records) - chunk.start
-                continue
-            if chunk.next_id <= cursor:
-                skipped = cursor + 1 - chunk.next_id
-                chunk.start += skipped
-                self._tail_count -= skipped
-            break
-        if not tail:
-            if cursor >= self._exact_end:
-                # Nothing above the cursor: no read of the file (in a steady flow the
-                # feeder asks once more after each append it takes; that cost a round
-                # trip through the queue thread per append).
-                self._more = False
-                return []
-            return None  # rows the scan read were never handed out (its lease was cancelled)
-        if tail[0].next_id != cursor + 1:
-            self._forget_tail()
-            return None
-        taken: list[Leased] = []
-        sizes = self._leased
-        expected = cursor + 1
-        while tail and len(taken) < limit:
-            chunk = tail[0]
-            if chunk.next_id != expected:
-                break
-            start = chunk.start
-            stop = min(len(chunk.records), start + limit - len(taken))
-            taken.extend(chunk.records[start:stop])
-            sizes.update(
-                zip(range(expected, expected + stop - start), chunk.sizes[start:stop], strict=True)
-            )
-            expected += stop - start
-            self._tail_count -= stop - start
-            if stop == len(chunk.records):
-                tail.popleft()
-            else:
-                chunk.start = stop
-        self._cursor = expected - 1
-        if tail and tail[0].next_id != expected:
-            self._forget_tail()
-            self._more = True  # the rest is read from the file
-        else:
-            self._more = bool(tail)
-        return taken
-
     async def lease(self, limit: int) -> list[Leased]:
         """Up to ``limit`` ready records (retry_at passed, not leased), oldest first."""
         async with self._lease_lock:
             now = self._clock()
-            if self._tail_exact and not (self._due and self._due[0][0] <= now):
+            if self._tail.exact and not (self._due and self._due[0][0] <= now):
                 self._new_records.clear()
-                taken = self._take_tail(limit)
+                taken = self._tail.take(self._cursor, limit, self._leased)
                 if taken is not None:
-                    return taken
+                    records, self._cursor, self._more = taken
+                    return records
             popped: list[tuple[float, int]] = []
             while self._due and self._due[0][0] <= now and len(popped) < limit:
                 popped.append(heapq.heappop(self._due))
@@ -524,7 +264,7 @@ class DurableQueue:
             wanted = limit - len(due)
             while True:
                 try:
-                    due_rows, fresh_rows = await self._submit("lease", due, self._cursor, wanted)
+                    rows = await self._submit(LeaseJob(due, self._cursor, wanted))
                 except BaseException:
                     # Cancelled or failed: what was taken off the heap must stay due.
                     for entry in popped:
@@ -532,16 +272,21 @@ class DurableQueue:
                     raise
                 popped = []
                 sizes = self._leased
-                for row in due_rows:
-                    leased.append(Leased(*row[:6]))
-                    sizes[row[0]] = row[6]
+                new = tuple.__new__  # Leased without its Python-level __new__ frame
+                for record_id, lane, key, record, attempts, created_at, size in rows.due:
+                    leased.append(new(Leased, (record_id, lane, key, record, attempts, created_at)))
+                    sizes[record_id] = size
                 due = []
+                fresh_rows = rows.fresh
                 for row in fresh_rows:
-                    if row[7] > now:  # retried before a restart and not due yet
-                        heapq.heappush(self._due, (row[7], row[0]))
+                    record_id, lane, key, record, attempts, created_at, size, retry_at = row
+                    if retry_at > now:  # retried before a restart and not due yet
+                        heapq.heappush(self._due, (retry_at, record_id))
                     else:
-                        leased.append(Leased(*row[:6]))
-                        sizes[row[0]] = row[6]
+                        leased.append(
+                            new(Leased, (record_id, lane, key, record, attempts, created_at))
+                        )
+                        sizes[record_id] = size
                 if fresh_rows:
                     self._cursor = max(self._cursor, fresh_rows[-1][0])  # rows come by id
                 self._more = wanted > 0 and len(fresh_rows) == wanted
@@ -554,7 +299,7 @@ class DurableQueue:
     async def refresh(self) -> None:
         """Look now for records another process committed (the queue thread also looks
         whenever it runs a job, and every quarter of a second when idle)."""
-        await self._submit("lease", [], self._cursor, 0)
+        await self._submit(LeaseJob([], self._cursor, 0))
 
     async def ack(self, ids: Iterable[int]) -> None:
         """Delivered: remove the records for good."""
@@ -565,7 +310,7 @@ class DurableQueue:
                 size: int | None = sum([sizes[i] for i in wanted])
             except KeyError:
                 size = None  # not leased by this run: the rows report their own sizes
-            await self._submit("ack", wanted, size)
+            await self._submit(AckJob(wanted, size))
             for record_id in wanted:
                 sizes.pop(record_id, None)
 
@@ -574,7 +319,7 @@ class DurableQueue:
         wanted = [i for i in ids if i in self._leased]
         if not wanted:
             return
-        updated = await self._submit("retry", wanted, retry_at, reason)
+        updated = await self._submit(RetryJob(wanted, retry_at, reason))
         for record_id in wanted:
             self._leased.pop(record_id, None)
         for record_id in updated:
@@ -589,10 +334,10 @@ class DurableQueue:
                 heapq.heappush(self._due, (0.0, record_id))
         self._new_records.set()
 
-    async def dead_letter(self, entries: Sequence[tuple[int, str, int | None, str]]) -> None:
+    async def dead_letter(self, entries: Sequence[RecordDeadLetter]) -> None:
         """Move records to the dead-letter queue: ``(id, reason, http_status, fault_code)``."""
         if entries:
-            await self._submit("dead_letter", list(entries))
+            await self._submit(DeadLetterJob(list(entries)))
             for entry in entries:
                 self._leased.pop(entry[0], None)
 
@@ -638,7 +383,7 @@ class DurableQueue:
 
     def stats(self) -> QueueStats:
         """Depth, bytes, oldest age, dead letters by reason (code), as of the last commit."""
-        return _stats_of(self._snapshot, self._clock(), len(self._leased), self.max_bytes)
+        return stats_of(self._snapshot, self._clock(), len(self._leased), self.max_bytes)
 
     async def close(self) -> None:
         """Finish queued work, mark the file cleanly closed, release the lock."""
@@ -647,9 +392,9 @@ class DurableQueue:
         self._closed = True
         thread = self._thread
         if thread is not None and thread.is_alive():
-            future: asyncio.Future[Any] = self._loop.create_future()
+            future: asyncio.Future[None] = self._loop.create_future()
             assert self._worker is not None
-            self._worker.submit(self._jobs, Job("close", (), future))
+            self._worker.submit(self._jobs, CloseJob(future=future))
             await future
             await asyncio.to_thread(thread.join, 10.0)
         if self._lock_fd is not None:
