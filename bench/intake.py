@@ -68,7 +68,7 @@ async def serve(args: argparse.Namespace) -> None:
         synchronous=config.queue.synchronous,
         commit_window_s=config.queue.commit_window_ms / 1000,
     )
-    intake = HttpIntake(config, Router(config), queue, Metrics())
+    intake = HttpIntake(config.http, Router.from_config(config), queue, Metrics())
     await intake.start()
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

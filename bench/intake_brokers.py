@@ -281,7 +281,7 @@ async def measure(
         )
         metrics = Metrics()
         common: Common = {"batch_size": batch, "format": "ndjson" if per_message > 1 else "json"}
-        source = make_source(Router(config), queue, metrics, common)
+        source = make_source(Router.from_config(config), queue, metrics, common)
         await source.start()
         # Sustained intake: timed from the first batch on, not the connection set-up
         # (a Kafka group join alone takes seconds).

@@ -81,7 +81,7 @@ listen = "127.0.0.1:0"
 async def dead_lettered_by_delivery(config_path: Path) -> Path:
     """Intake three samples with the broken routes, then dead-letter them as delivery would."""
     config = load(config_path)
-    router = Router(config)
+    router = Router.from_config(config)
     queue = await DurableQueue.open(config.queue.path)
     try:
         events = [
@@ -291,7 +291,7 @@ async def running_intake(tmp_path: Path) -> AsyncIterator[tuple[HttpIntake, Dura
     )
     config = load(config_path, overrides=["http.listen=127.0.0.1:0"])
     queue = await DurableQueue.open(config.queue.path, max_bytes=config.queue.max_bytes)
-    intake = HttpIntake(config, Router(config), queue, Metrics())
+    intake = HttpIntake(config.http, Router.from_config(config), queue, Metrics())
     await intake.start()
     yield intake, queue, token_file
     await intake.close()
@@ -365,7 +365,7 @@ async def test_send_waits_out_a_full_queue(
     monkeypatch.setattr(http_module, "RETRY_AFTER_S", 0)
     config = load(write_config(tmp_path, "small.toml", FIXED_ROUTES))
     queue = await DurableQueue.open(config.queue.path, max_bytes=96 * 1024)
-    intake = HttpIntake(config, Router(config), queue, Metrics())
+    intake = HttpIntake(config.http, Router.from_config(config), queue, Metrics())
     await intake.start()
 
     async def deliver() -> None:

@@ -75,7 +75,7 @@ async def start_intake(tmp_path: Path) -> AsyncIterator[IntakeFactory]:
         )
         queue = await DurableQueue.open(config.queue.path, max_bytes=max_bytes)
         metrics = Metrics()
-        intake = HttpIntake(config, Router(config), queue, metrics)
+        intake = HttpIntake(config.http, Router.from_config(config), queue, metrics)
         await intake.start()
         started.append(Intake(intake, queue, metrics))
         return started[-1]

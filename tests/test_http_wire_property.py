@@ -150,7 +150,7 @@ class Target:
         path = Path(self.directory) / f"q{next(_ids)}.sqlite3"
         config = load(EXAMPLE, overrides=["http.listen=127.0.0.1:0", f'queue.path="{path}"'])
         self.queue = await DurableQueue.open(path, max_bytes=1 << 30)
-        self.intake = HttpIntake(config, Router(config), self.queue, Metrics())
+        self.intake = HttpIntake(config.http, Router.from_config(config), self.queue, Metrics())
         await self.intake.start()
         return self
 

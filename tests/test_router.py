@@ -40,7 +40,7 @@ def record_of(router: Router, event: dict[str, Any]) -> tuple[str, str | None, A
 
 @pytest.fixture(scope="module")
 def example() -> Router:
-    return Router(load(EXAMPLE))
+    return Router.from_config(load(EXAMPLE))
 
 
 def test_example_routes_sample_events_to_staging_by_ingest(example: Router) -> None:
@@ -97,7 +97,7 @@ def test_rejections_name_the_field_and_what_was_wrong(
 
 def test_fields_come_from_dotted_paths_with_types_defaults_and_nulls() -> None:
     """Dotted paths reach nested values; defaults fill gaps; null clears; absent is left out."""
-    router = Router(
+    router = Router.from_config(
         config_with("""
 [[routes]]
 name = "profiles"
@@ -147,7 +147,7 @@ note = { type = "memo" }
 
 def test_first_matching_route_wins_and_empty_match_takes_the_rest() -> None:
     """Routes are tried in order; a route without match is a catch-all."""
-    router = Router(
+    router = Router.from_config(
         config_with("""
 [[routes]]
 name = "vip"
@@ -169,7 +169,7 @@ fields.id = {}
 
 def test_operation_field_sets_delete_which_carries_only_the_key() -> None:
     """An IngestExt delete taken from the event sends the key fields alone."""
-    router = Router(
+    router = Router.from_config(
         config_with("""
 [[routes]]
 name = "sample"
@@ -200,7 +200,7 @@ schema = "dem:sampleTableStg"
 method = "Ingest"
 fields.id = {}
 """
-    router = Router(config_with(routes, '[intake]\ninvalid_xml_chars = "strip"\n'))
+    router = Router.from_config(config_with(routes, '[intake]\ninvalid_xml_chars = "strip"\n'))
     assert decode_record(router.route({"id": "a\x0bb\ufffe"}).record).attrs == {"id": "ab"}
 
 
@@ -243,7 +243,7 @@ def test_route_events_keeps_each_original_event_as_json(example: Router) -> None
 )
 def test_any_accepted_value_reaches_the_document_intact(identifier: str, text: str) -> None:
     """Whatever the router accepts parses back from the staging document unchanged."""
-    router = Router(load(EXAMPLE))
+    router = Router.from_config(load(EXAMPLE))
     try:
         routed = router.route({"type": "sample", "id": identifier, "testcol1": text})
     except RecordError as exc:
@@ -380,12 +380,12 @@ def test_generated_filler_follows_the_field_rules(event: dict[str, Any]) -> None
     assert (routed.key, routed.record.decode()) == expected
 
 
-WIDE = Router(config_with(WIDE_ROUTE))
+WIDE = Router.from_config(config_with(WIDE_ROUTE))
 
 
 def test_generated_filler_keeps_config_text_out_of_its_code() -> None:
     """Attribute names and paths reach the generated source as constants only."""
-    router = Router(
+    router = Router.from_config(
         config_with("""
 [[routes]]
 name = "n'{x}\\\\"

@@ -20,7 +20,7 @@ clock-free; :mod:`campaign_writer.dispatcher` drives it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -139,6 +139,7 @@ class Lane:
     merges: int = 0
     health: LaneHealth = field(default_factory=LaneHealth)
     probing: bool = False  # a probe of this suspect lane is under way
+    fallback: str | None = None  # why collections stopped (see Batcher.fall_back)
 
     def __post_init__(self) -> None:
         self.collections = self.mode != "never"
@@ -271,6 +272,21 @@ class Lane:
             self.held.discard(self._slot(entry))
         self.blocked = False
 
+    def stats(self) -> dict[str, object]:
+        """The lane's part of ``/v1/stats``."""
+        return {
+            "pending_entries": self.count,
+            "held_keys": len(self.held),
+            "collections": self.collections,
+            "collection_fallback": self.fallback,
+            "merges": self.merges,
+            "failures": self.failures,
+            "refused_in_a_row": self.health.streak,
+            # Records refused alone, waiting to be tried alone again.
+            "suspected_records": sum(1 for chain in self.pending.values() if chain[0].strikes),
+            "paused_on_fault": self.health.suspect,
+        }
+
     def ready_at(self, linger_s: float, max_records: int, max_bytes: int) -> float | None:
         """When this lane should flush (batcher clock), or None if it has nothing to send."""
         oldest = self.oldest_arrival
@@ -362,6 +378,54 @@ class Batcher:
         entries = list(entries)
         self._ended(batch, entries)
         batch.lane.put_back(entries, rotate=rotate)
+
+    def delivered(self, batch: Batch, entries: Iterable[Entry]) -> None:
+        """Entries of ``batch`` were acked: the lane's transient failures are over."""
+        batch.lane.failures = 0
+        self.finished(batch, entries)
+
+    def back_off(
+        self,
+        batch: Batch,
+        entries: Iterable[Entry],
+        now: float,
+        delay_for: Callable[[int], float],
+    ) -> float:
+        """A transient failure: one more for the lane, which waits ``delay_for(failures)``
+        seconds from ``now``; the entries go back. Returns the delay."""
+        lane = batch.lane
+        lane.failures += 1
+        delay = delay_for(lane.failures)
+        self.pause(lane, now + delay)
+        self.put_back(batch, entries)
+        return delay
+
+    @staticmethod
+    def pause(lane: Lane, until: float) -> None:
+        """Send nothing of ``lane`` before ``until`` (batcher clock); a later wait stays."""
+        lane.not_before = max(lane.not_before, until)
+
+    @staticmethod
+    def fall_back(lane: Lane, reason: str) -> bool:
+        """Send one record per call on ``lane`` from now on; False if it already did."""
+        if not lane.collections:
+            return False
+        lane.collections = False
+        lane.fallback = reason
+        return True
+
+    def unsent_ids(self) -> list[int]:
+        """Queue ids of every entry waiting in a lane (not those of batches in flight)."""
+        return [
+            i
+            for lane in self.lanes.values()
+            for c in lane.pending.values()
+            for e in c
+            for i in e.ids
+        ]
+
+    def __repr__(self) -> str:
+        return f"Batcher(lanes={len(self.lanes)}, pending={self.pending})"
 
     @staticmethod
     def _ended(batch: Batch, entries: list[Entry]) -> None:

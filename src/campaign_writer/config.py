@@ -36,6 +36,7 @@ from .logs import Secret
 from .router import CollectionMode, FieldConfig, RouteConfig, read_routes
 from .settings import SECRET_KEYS, Section, describe, split_listen
 from .soap import DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_URNS, METHODS, URN_SPELLINGS, WireOptions
+from .sources import SOURCE_KINDS, SourceConfig, known_kinds, parse_source_options
 from .xmltext import XmlTextPolicy
 
 __all__ = [
@@ -69,7 +70,6 @@ Synchronous = Literal["FULL", "NORMAL"]
 LogFormat = Literal["auto", "json", "console"]
 
 DEFAULT_IMS_URL: Final = "https://ims-na1.adobelogin.com/ims/token/v3"
-SOURCE_KINDS: Final = ("rabbitmq", "redis_streams", "nats", "kafka", "file")
 _AUTH_MODES: Final = ("session", "bearer_logon", "ims")
 _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -169,20 +169,6 @@ class LogConfig:
 @dataclass(frozen=True)
 class IntakeConfig:
     invalid_xml_chars: XmlTextPolicy = "reject"
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    """One ``[[sources]]`` block: kind, unique name, and the kind's own options.
-
-    ``options`` are the block's other keys as written; ``settings`` is what the
-    source module's ``parse_options`` made of them (None when it has no parser).
-    """
-
-    kind: str
-    name: str
-    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    settings: Any = None
 
 
 @dataclass(frozen=True)
@@ -515,12 +501,11 @@ def _read_intake(section: Section) -> IntakeConfig:
 
 
 def _read_sources(sections: list[Section]) -> tuple[SourceConfig, ...]:
-    from .sources import parse_source_options  # the sources package imports config
-
     sources: list[SourceConfig] = []
     seen: dict[str, str] = {}
+    kinds = known_kinds()
     for section in sections:
-        kind = section.string("kind", choices=SOURCE_KINDS)
+        kind = section.string("kind", choices=kinds)
         name = section.string("name")
         if name and _SOURCE_NAME.fullmatch(name) is None:
             section.problem("name", "use letters, digits, '_', '.' and '-' (at most 64)")
@@ -532,7 +517,7 @@ def _read_sources(sections: list[Section]) -> tuple[SourceConfig, ...]:
             seen[name] = section.path
         options = section.rest()
         settings = None
-        if kind in SOURCE_KINDS:
+        if kind in kinds:
             settings = parse_source_options(kind, options, section.path, section.problems)
         sources.append(SourceConfig(kind, name, MappingProxyType(options), settings))
     return tuple(sources)

@@ -101,7 +101,7 @@ class Daemon:
             synchronous=config.queue.synchronous,
             commit_window_s=config.queue.commit_window_ms / 1000,
         )
-        router = self.router = Router(config)
+        router = self.router = Router(config.routes, config.intake.invalid_xml_chars)
         self.transport = self._given_transport
         if self.transport is None:
             self.transport = HttpTransport(
@@ -161,9 +161,9 @@ class Daemon:
         )
         await self.admin.start()
         self._probe = asyncio.create_task(self._watch_campaign())
-        self.http = HttpIntake(config, router, self.queue, self.metrics)
+        self.http = HttpIntake(config.http, router, self.queue, self.metrics)
         await self.http.start()
-        self.sources = build_sources(config, router, self.queue, self.metrics)
+        self.sources = build_sources(config.sources, router, self.queue, self.metrics)
         for source in self.sources:
             await source.start()
         log.info(
@@ -268,7 +268,7 @@ class Daemon:
             restart.append("campaign")
         if new.routes != old.routes or new.intake != old.intake:
             if self.router is not None:
-                self.router.replace(Router(new))
+                self.router.replace(Router(new.routes, new.intake.invalid_xml_chars))
             if self.dispatcher is not None:
                 for route in new.routes:
                     self.dispatcher.batcher.modes.setdefault(route.lane_id, route.collection)

@@ -24,51 +24,39 @@ Fatal          stop sending, keep everything queued, report in /readyz; probe ag
                after a growing delay
 =============  =========================================================================
 
-The in-flight cap follows Little's law: about ``rate x latency`` calls are needed to
-use the whole budget, so the cap tracks ``1.5 x rate x latency + 2``, bounded by
-``sender.max_in_flight``.
+The in-flight cap (:class:`~campaign_writer.throttle.InFlightLimit`) follows Little's
+law, bounded by ``sender.max_in_flight``. Backoff is :mod:`campaign_writer.backoff`'s.
+A Reject is judged in :mod:`campaign_writer.isolation`. The client builds requests
+and renews an expired session (:meth:`~campaign_writer.sender.CampaignClient.write`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
-import random
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from .auth import Authenticator
-from .batcher import Batch, Batcher, Entry, Lane
-from .codes import names_a_record
-from .documents import fragments_document
-from .errors import AuthError, QueueError, TransportError
-from .evidence import Strike
+from .backoff import Backoff, RetryPolicy
+from .batcher import Batch, Batcher, Entry
+from .errors import QueueError
+from .isolation import Isolation, Refused
 from .logs import get_logger
 from .metrics import Metrics
-from .outcome import AuthExpired, Fatal, Ok, Outcome, Reject, Retry, Throttled
+from .outcome import Fatal, Ok, Reject, Retry, Throttled
 from .records import LaneId, Leased, RecordDeadLetter
-from .sender import CampaignClient
-from .soap import Param
+from .sender import AuthFailed, CampaignClient
+from .throttle import InFlightLimit
 from .wakeup import Wakeup
 
-__all__ = ["Dispatcher", "InFlightLimit", "RetryPolicy"]
+__all__ = ["Dispatcher", "Halt", "InFlightLimit", "RetryPolicy"]
 
 log = get_logger("dispatcher")
 
-# How often the log says again that a lane is paused on a fault every record meets.
-FAULT_REMINDER_S = 300.0
-# Records sent alone, one after another, before refusals with no success in between
-# are taken for the instance's fault (see Dispatcher._control).
-CONTROLS = 2
-# Strikes an entry keeps, newest last (voided ones included; see evidence.py).
-MAX_STRIKES = 8
-# The end of a stream: at most this many records left, all refused alone already, and
-# the lane's last success no older than this (see Dispatcher._tail_control).
-TAIL_RECORDS = 50
-TAIL_WINDOW_S = 600.0
+# The fatal state probes Campaign again after 30 s, doubling up to 15 minutes.
+FATAL_PROBE_INITIAL_S = 30.0
+FATAL_PROBE_MAX_S = 900.0
 
 
 class RecordQueue(Protocol):
@@ -81,81 +69,42 @@ class RecordQueue(Protocol):
     async def wait_for_records(self, timeout: float) -> bool: ...
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    max_age_s: float = 3 * 3600.0
-    initial_backoff_s: float = 0.5
-    max_backoff_s: float = 10.0
-    # A record sent alone is dead-lettered after this many refusals of its own, one
-    # of them proven by records sent the same way succeeding (see evidence.py).
-    record_failures: int = 3
-    # Refused calls in a row, with no success, before a record alone must show that
-    # the lane still works; if it fails too, the lane pauses.
-    suspect_after: int = 4
-    fault_pause_initial_s: float = 1.0
-    fault_pause_max_s: float = 60.0
+class Halt:
+    """The fatal state: Campaign refuses every call, so nothing is sent until a probe.
 
-    def backoff(self, failures: int) -> float:
-        """Full jitter: uniform in [0, min(cap, initial x 2^(failures-1))]."""
-        # The exponent is capped: 2 ** 1024 does not fit a float, and failures keep
-        # counting through a long outage while the ceiling is long since max_backoff_s.
-        doublings = min(max(0, failures - 1), 64)
-        ceiling = min(self.max_backoff_s, self.initial_backoff_s * 2.0**doublings)
-        return random.uniform(0.0, ceiling)
+    Each entry into it (a first Fatal, or a probe refused again) sets the next probe
+    a doubled delay later, without jitter; the first delivery leaves it.
+    """
 
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.until = 0.0
+        self._probes = Backoff(FATAL_PROBE_INITIAL_S, FATAL_PROBE_MAX_S, "none")
 
-class InFlightLimit:
-    """A semaphore whose size follows rate x latency (Little's law)."""
+    def enter(self, reason: str, now: float) -> tuple[bool, float]:
+        """Stop until the next probe; whether this began the state, and the delay."""
+        delay = self._probes.next_delay()
+        self.until = now + delay
+        began = self.reason is None
+        self.reason = reason
+        return began, delay
 
-    def __init__(self, maximum: int, on_change: Callable[[int], None] | None = None) -> None:
-        self.maximum = max(1, maximum)
-        self.limit = min(self.maximum, 2)
-        self.current = 0
-        self.latency_s: float | None = None
-        self._changed = asyncio.Condition()
-        self._on_change = on_change
-        if on_change is not None:
-            on_change(self.limit)
+    def leave(self) -> bool:
+        """A delivery went through; whether the state was on."""
+        if self.reason is None:
+            return False
+        self.reason = None
+        self._probes.reset()
+        return True
 
-    async def acquire(self) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.current < self.limit)
-            self.current += 1
+    def blocks(self, now: float) -> bool:
+        return self.reason is not None and now < self.until
 
-    async def release(self) -> None:
-        async with self._changed:
-            self.current -= 1
-            self._changed.notify_all()
-
-    async def observe(self, latency_s: float, rate: float) -> None:
-        """Fold one call's latency in and resize: ceil(1.5 x rate x latency) + 2."""
-        previous = self.latency_s
-        self.latency_s = latency_s if previous is None else previous * 0.8 + latency_s * 0.2
-        wanted = max(2, min(self.maximum, math.ceil(1.5 * rate * self.latency_s) + 2))
-        if wanted != self.limit:
-            async with self._changed:
-                self.limit = wanted
-                self._changed.notify_all()
-            if self._on_change is not None:
-                self._on_change(wanted)
+    def __repr__(self) -> str:
+        return f"Halt(reason={self.reason!r}, until={self.until})"
 
 
-class _Sent(NamedTuple):
-    outcome: Outcome
-    status: int | None
-    method: str  # the method called (Write for a WriteCollection lane's single record)
-    seq: int  # the call's send number in its lane (see evidence.py)
-
-
-class _Refused(NamedTuple):
-    """Campaign refused a call with a fault; whose fault it is remains to be seen."""
-
-    fault: Reject
-    status: int | None
-    seq: int
-
-
-class Dispatcher:
+class Dispatcher(Isolation):
     """Owns the batcher and the send tasks; start() and close() are symmetric."""
 
     def __init__(
@@ -187,13 +136,10 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._sending: dict[asyncio.Task[None], Batch] = {}
         self._stopping = False
-        self.fatal: str | None = None
-        self._fatal_until = 0.0
-        self._fatal_count = 0
+        self.halt = Halt()
         # Acks the queue could not write in a row, and until when sending waits for it.
         self._ack_failures = 0
         self._acks_wait_until = 0.0
-        self.fallbacks: dict[LaneId, str] = {}
         self.crashed: BaseException | None = None
         self.totals = {
             "delivered": 0,
@@ -206,6 +152,22 @@ class Dispatcher:
             "partial_collections": 0,
             "tail_controls": 0,
         }
+
+    @property
+    def fallbacks(self) -> dict[LaneId, str]:
+        """Lanes that fell back to one record per call, and why."""
+        return {i: lane.fallback for i, lane in self.batcher.lanes.items() if lane.fallback}
+
+    @property
+    def fatal(self) -> str | None:
+        """Why delivery is stopped (Campaign refuses every call), or None."""
+        return self.halt.reason
+
+    def __repr__(self) -> str:
+        return (
+            f"Dispatcher(sending={len(self._sending)}, {self.in_flight!r}, {self.batcher!r},"
+            f" fatal={self.fatal!r})"
+        )
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -239,8 +201,7 @@ class Dispatcher:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
         leftover = [i for batch in self._sending.values() for e in batch.entries for i in e.ids]
-        for lane in self.batcher.lanes.values():
-            leftover.extend(i for chain in lane.pending.values() for e in chain for i in e.ids)
+        leftover.extend(self.batcher.unsent_ids())
         if leftover:
             try:
                 await self.queue.release(leftover)
@@ -297,13 +258,13 @@ class Dispatcher:
         self.metrics.collection_fallbacks.labels(*lane_id)
         self.metrics.partial_collections.labels(*lane_id)
 
-    # --- dispatching -----------------------------------------------------------------
+    # --- the loop: take a due batch, send, settle -------------------------------------
 
     async def _dispatch(self) -> None:
         while not self._stopping:
             now = self._clock()
-            if self.fatal is not None and now < self._fatal_until:
-                await self._sleep_or_wake(self._fatal_until - now)
+            if self.halt.blocks(now):
+                await self._sleep_or_wake(self.halt.until - now)
                 continue
             if self._ack_failures:
                 if now < self._acks_wait_until:
@@ -317,16 +278,17 @@ class Dispatcher:
                 await self._sleep_or_wake(None if wake is None else max(0.0, wake - now))
                 continue
             await self.in_flight.acquire()
-            task = asyncio.create_task(self._deliver(batch))
+            task = asyncio.create_task(self._run_batch(batch))
             self._sending[task] = batch
             self.metrics.in_flight.set(self.in_flight.current)
-            task.add_done_callback(self._sent)
+            task.add_done_callback(self._batch_ended)
 
     async def _sleep_or_wake(self, timeout: float | None) -> None:
         self._wake.clear()
         await self._wake.wait(timeout)
 
-    def _sent(self, task: asyncio.Task[None]) -> None:
+    def _batch_ended(self, task: asyncio.Task[None]) -> None:
+        """A batch's task ended: free its in-flight slot, wake the feeder and the loop."""
         self._sending.pop(task, None)
         release = asyncio.ensure_future(self.in_flight.release())
         release.add_done_callback(lambda _: self.metrics.in_flight.set(self.in_flight.current))
@@ -336,75 +298,44 @@ class Dispatcher:
             self.crashed = task.exception()
             log.critical("send task crashed", exc_info=task.exception())
 
-    async def _deliver(self, batch: Batch) -> None:
-        entries = batch.entries
-        outcome = await self._attempt(batch, entries, batch.collection)
-        if not isinstance(outcome, _Refused):
-            return
-        if len(entries) > 1 or batch.collection:
-            await self._isolate(batch, entries, batch.collection)
-        else:
-            await self._judge(batch, entries[0], outcome, sibling_ok=False)
+    async def _run_batch(self, batch: Batch) -> None:
+        """A send task: the batch in one call; a refusal goes to fault judgement."""
+        outcome = await self._send(batch, batch.entries, batch.collection)
+        if isinstance(outcome, Refused):
+            await self._judge_refusal(batch, outcome)
 
-    async def _call(self, batch: Batch, entries: list[Entry], collection: bool) -> _Sent | None:
-        """One call for ``entries``, renewing credentials once; None if auth settled it."""
-        method = batch.lane.id.method
-        if not collection and method == "WriteCollection":
-            method = "Write"
-        # Fragments were rendered and checked at intake: building is only joining them.
-        document = fragments_document(
-            batch.lane.id.schema, [e.fragment for e in entries], collection=collection
-        )
-        params = [Param("doc", "document", document)]
-        try:
-            credentials = await self.auth.credentials()
-        except AuthError as exc:
-            self._go_fatal(batch, entries, f"authentication failed: {exc}")
-            return None
-        except TransportError as exc:
-            self._back_off(batch, entries, f"authentication: {exc}")
-            return None
-        health = batch.lane.health
-        seq = health.send()
-        result = await self.client.call(method, params, credentials)
-        self.totals["calls"] += 1
-        outcome = result.outcome
-        if isinstance(outcome, AuthExpired):
-            try:
-                credentials = await self.auth.renew(credentials)
-            except AuthError as exc:
-                self._go_fatal(batch, entries, f"re-authentication failed: {exc}")
-                return None
-            except TransportError as exc:
-                self._back_off(batch, entries, f"re-authentication: {exc}")
-                return None
-            seq = health.send()
-            result = await self.client.call(method, params, credentials)
-            self.totals["calls"] += 1
-            outcome = result.outcome
-            if isinstance(outcome, AuthExpired):
-                outcome = Retry(f"still refused after re-authentication: {outcome.reason}")
-        await self.in_flight.observe(result.latency_s, self.client.throttle.rate())
-        return _Sent(outcome, result.status, method, seq)
-
-    async def _attempt(
+    async def _send(
         self, batch: Batch, entries: list[Entry], collection: bool
-    ) -> Ok | _Refused | None:
+    ) -> Ok | Refused | None:
         """Send ``entries`` in one call and settle it, unless Campaign refused it.
 
         Returns Ok when the entries are delivered, a refusal when Campaign refused the
         call (the caller still holds the entries and decides whose fault it is), or
         None when they were settled otherwise: put back, backed off, or fatal.
         """
-        sent = await self._call(batch, entries, collection)
-        if sent is None:
+        lane = batch.lane
+        sent = await self.client.write(
+            lane.id.schema,
+            lane.id.method,
+            [e.fragment for e in entries],
+            self.auth,
+            collection=collection,
+            stamp=lane.health.send,
+        )
+        self.totals["calls"] += sent.calls
+        if isinstance(sent, AuthFailed):
+            if sent.fatal:
+                self._go_fatal(batch, entries, sent.reason)
+            else:
+                self._back_off(batch, entries, sent.reason)
             return None
+        await self.in_flight.observe(sent.latency_s, self.client.rate())
         outcome = sent.outcome
         if isinstance(outcome, Ok):
-            delivered = await self._delivered(
-                batch, entries, sent.method, collection, outcome, sent.seq
+            acked = await self._acknowledge(
+                batch, entries, sent.method, collection, outcome, sent.stamp
             )
-            return outcome if delivered else None
+            return outcome if acked else None
         if isinstance(outcome, Throttled):
             self.totals["throttled"] += 1
             self.metrics.batches.labels("throttled").inc()
@@ -424,245 +355,9 @@ class Dispatcher:
             return None
         assert isinstance(outcome, Reject)
         self.metrics.batches.labels("rejected").inc()
-        batch.lane.health.refused(collection, counts=not batch.retrial)
+        lane.health.refused(collection, counts=not batch.retrial)
         self._collections_evidence(batch)
-        return _Refused(outcome, sent.status, sent.seq)
-
-    async def _isolate(self, batch: Batch, entries: list[Entry], collection: bool) -> None:
-        """Split a refused call until the records at fault fail alone.
-
-        Breadth first, both halves of a split at once, so that a bad record's sibling
-        is sent beside it and proves records sent this way succeed. When refusals pile
-        up with no success, one record alone is sent as a control; if it fails too, the
-        fault is the instance's: the lane pauses and nothing is dead-lettered.
-        """
-        self.totals["bisections"] += 1
-        lane = batch.lane
-        health = lane.health
-        work: deque[list[Entry]] = deque([entries])
-        sibling_ok = False
-        while work:
-            if health.suspect or self._stopping or (collection and not lane.collections):
-                # Paused, closing, or fallen back to one record per call: the rest waits.
-                self.batcher.put_back(batch, [e for part in work for e in part])
-                return
-            part = work.popleft()
-            if len(part) == 1:
-                outcome = await self._attempt(batch, part, False)
-                if isinstance(outcome, _Refused):
-                    await self._judge(batch, part[0], outcome, sibling_ok=sibling_ok)
-                sibling_ok = False
-                continue
-            if health.needs_control(self.retry.suspect_after):
-                rest = await self._control(batch, part, work)
-                if rest is None:
-                    return
-                part = rest
-                if not part:
-                    continue
-                if len(part) == 1:
-                    # The control, sent the same way beside it, succeeded.
-                    work.appendleft(part)
-                    sibling_ok = True
-                    continue
-            # Doubting collections, split off two records: a pair refused as a
-            # collection whose records pass alone is the evidence that settles it.
-            pair_test = collection and len(part) > 3 and health.doubts_collections()
-            middle = 2 if pair_test else len(part) // 2
-            halves = (part[:middle], part[middle:])
-            outcomes = await asyncio.gather(
-                *(self._attempt(batch, half, collection and len(half) > 1) for half in halves)
-            )
-            refused = [
-                (half, outcome)
-                for half, outcome in zip(halves, outcomes, strict=True)
-                if isinstance(outcome, _Refused)
-            ]
-            # A half met a transient failure (it went back to the lane, backed off):
-            # it proves nothing either way, and the other half is judged alone.
-            if not refused and collection and len(part) == 2 and None not in outcomes:
-                health.clean_pair()
-                self._collections_evidence(batch)
-            for half, outcome in refused:
-                if len(half) > 1:
-                    work.append(half)
-                else:
-                    await self._judge(
-                        batch,
-                        half[0],
-                        outcome,
-                        sibling_ok=len(refused) == 1 and None not in outcomes,
-                    )
-
-    async def _control(
-        self, batch: Batch, part: list[Entry], work: deque[list[Entry]]
-    ) -> list[Entry] | None:
-        """Refusals piled up with no success: do records sent alone still pass?
-
-        Up to :data:`CONTROLS` records of ``part`` are sent alone, those without strikes
-        first. One passing proves the lane works (a control refused beside it is then a
-        record failing alone while another succeeds); the rest of ``part`` is returned
-        to go on splitting. All refused: the instance's fault; the lane pauses and
-        everything goes back (None is returned, as when the isolation must stop). A
-        transient failure of a control leaves the question open: everything goes back.
-        """
-        candidates = [e for e in part if not e.strikes] or list(part)
-        refused: list[tuple[Entry, _Refused]] = []
-        tried = candidates[:CONTROLS]
-        for control in tried:
-            part = [e for e in part if e is not control]
-            outcome = await self._attempt(batch, [control], False)
-            if isinstance(outcome, Ok):
-                for entry, refusal in refused:
-                    await self._judge(batch, entry, refusal, sibling_ok=True)
-                return part
-            if outcome is not None:
-                refused.append((control, outcome))
-            # None: a transient failure; the control went back to the lane.
-        if len(refused) < len(tried):
-            # Not every control was refused: no verdict on the lane this time.
-            self.batcher.put_back(
-                batch, [e for e, _ in refused] + part + [e for p in work for e in p]
-            )
-            return None
-        self._suspect(batch, refused[-1][1].fault)
-        for entry, refusal in refused:
-            self._mark(batch, entry, refusal)
-        self.batcher.put_back(batch, [e for e, _ in refused] + part + [e for p in work for e in p])
-        return None
-
-    async def _tail_control(self, batch: Batch, entry: Entry, refusal: Reject) -> bool:
-        """Whether a suspect lane is down to a few refused records while Campaign works.
-
-        At the end of a stream no record is left to compare a bad one with. When every
-        record the lane holds was already refused alone (at most :data:`TAIL_RECORDS`),
-        the fault's words name a record (a duplicate key, a violated constraint, a value
-        too long: never a database that is down), the lane succeeded within
-        :data:`TAIL_WINDOW_S`, and a read of the lane's own schema
-        (``GetEntityIfMoreRecent``, as Adobe's SDK makes before any call) succeeds,
-        the refusal counts as proven. A masked or unknown fault never does.
-        """
-        lane = batch.lane
-        health = lane.health
-        if not names_a_record(refusal.reason) or health.last_success_at is None:
-            return False
-        if self._clock() - health.last_success_at > TAIL_WINDOW_S:
-            return False
-        heads = [entry, *(chain[0] for chain in lane.pending.values())]
-        if len(heads) > TAIL_RECORDS or not all(e.strikes for e in heads):
-            return False
-        try:
-            credentials = await self.auth.credentials()
-        except (AuthError, TransportError):
-            return False
-        params = [
-            Param("pk", "string", f"xtk:schema|{lane.id.schema}"),
-            Param("md5", "string", ""),
-            Param("mustExist", "boolean", "false"),
-        ]
-        result = await self.client.call("GetEntityIfMoreRecent", params, credentials)
-        self.totals["calls"] += 1
-        self.totals["tail_controls"] += 1
-        if not isinstance(result.outcome, Ok):
-            return False
-        health.pauses = 0  # Campaign answers: the next pause starts short again
-        return True
-
-    @staticmethod
-    def _mark(batch: Batch, entry: Entry, refused: _Refused) -> None:
-        """A refusal while the lane is suspect: a strike that counts for nothing (it is
-        voided), yet makes the record go alone, so it is judged beside others later."""
-        refusal = refused.fault
-        data = refusal.scope == "record"
-        mark = Strike(refused.seq, False, refusal.reason, refusal.code, data, void=True)
-        strikes = (*entry.strikes, mark)
-        entry.strikes = strikes[-MAX_STRIKES:]
-
-    async def _judge(
-        self, batch: Batch, entry: Entry, refused: _Refused, *, sibling_ok: bool
-    ) -> None:
-        """A record was refused alone: a strike against it, or evidence against the lane."""
-        lane = batch.lane
-        health = lane.health
-        refusal = refused.fault
-        if health.suspect and batch.probe and await self._tail_control(batch, entry, refusal):
-            # Only records already refused are left, their faults name a record, and
-            # Campaign answers: they fail alone while Campaign works. (At most
-            # TAIL_RECORDS records, each until its verdict: no pause needed.)
-            sibling_ok = True
-        elif health.suspect:
-            # No verdict while the lane is suspect, but the record is marked: it goes
-            # alone from now on, so that it is judged beside others once the lane works.
-            self._mark(batch, entry, refused)
-            self.batcher.put_back(batch, [entry], rotate=batch.probe)
-            if batch.probe:
-                self._pause(lane)
-            return
-        if not sibling_ok and health.needs_control(self.retry.suspect_after):
-            # Refused calls in a row, this one too, and nothing beside it succeeded:
-            # the instance's fault, not this record's (a record proven bad before is
-            # retried without end otherwise).
-            self._suspect(batch, refusal)
-            self._mark(batch, entry, refused)
-            self.batcher.put_back(batch, [entry])
-            return
-        verdict = health.judge(
-            entry.strikes,
-            refusal.reason,
-            refused.seq,
-            sibling_ok,
-            self.retry.record_failures,
-            code=refusal.code,
-            data=refusal.scope == "record",
-        )
-        entry.strikes = verdict.history[-MAX_STRIKES:]
-        if not verdict.dead:
-            self.batcher.put_back(batch, [entry])  # at the front: tried alone again soon
-            return
-        reason = (
-            f"refused alone {len(verdict.strikes)} times while records sent the same way"
-            f" succeeded: {' | '.join(verdict.faults)}"
-        )
-        await self._dead_letter(batch, [entry], reason, refused.status, verdict.code)
-
-    def _suspect(self, batch: Batch, refusal: Reject) -> None:
-        """Every record of the lane meets the fault: pause the lane, keep everything."""
-        lane = batch.lane
-        health = lane.health
-        now = self._clock()
-        if health.turn_suspect(now, refusal.reason):
-            health.last_told = now
-            self.metrics.lane_fault_paused.labels(*lane.id).set(1)
-            log.warning(
-                "every record of this lane meets the same fault, so it is Campaign's, not"
-                " the records': lane paused, nothing dead-lettered, everything kept queued",
-                extra={
-                    "schema": lane.id.schema,
-                    "method": lane.id.method,
-                    "refused_in_a_row": health.streak,
-                    "fault": refusal.reason[:500],
-                },
-            )
-        self._pause(lane)
-
-    def _pause(self, lane: Lane) -> None:
-        health = lane.health
-        initial, cap = self.retry.fault_pause_initial_s, self.retry.fault_pause_max_s
-        delay = health.next_pause(initial, cap)
-        now = self._clock()
-        lane.not_before = max(lane.not_before, now + delay)
-        self.totals["fault_pauses"] += 1
-        if health.suspect_since is not None and now - health.last_told >= FAULT_REMINDER_S:
-            health.last_told = now
-            log.warning(
-                "lane still paused: Campaign keeps refusing every record",
-                extra={
-                    "schema": lane.id.schema,
-                    "method": lane.id.method,
-                    "paused_for_s": round(now - health.suspect_since),
-                    "fault": health.reason[:500],
-                },
-            )
+        return Refused(outcome, sent.status, sent.stamp)
 
     def _collections_evidence(self, batch: Batch) -> None:
         lane = batch.lane
@@ -671,10 +366,8 @@ class Dispatcher:
 
     def _fall_back(self, batch: Batch, reason: str) -> None:
         lane = batch.lane
-        if not lane.collections:
+        if not self.batcher.fall_back(lane, reason):
             return
-        lane.collections = False
-        self.fallbacks[lane.id] = reason
         self.metrics.collection_fallbacks.labels(*lane.id).inc()
         log.warning(
             "Campaign does not take collection documents on this lane; sending one record per call",
@@ -683,7 +376,7 @@ class Dispatcher:
 
     # --- settling --------------------------------------------------------------------
 
-    async def _delivered(
+    async def _acknowledge(
         self,
         batch: Batch,
         entries: list[Entry],
@@ -735,11 +428,9 @@ class Dispatcher:
             self._back_off(batch, entries, f"ack failed: {exc}")
             return False
         self._ack_failures = 0
-        lane.failures = 0
-        if self.fatal is not None:
+        if self.halt.leave():
             log.warning("Campaign accepts calls again; leaving the fatal state")
-            self.fatal, self._fatal_count = None, 0
-        self.batcher.finished(batch, entries)
+        self.batcher.delivered(batch, entries)
         self.totals["delivered"] += len(ids)
         self.metrics.records_delivered.labels(lane.id.schema, method).inc(len(ids))
         self.metrics.batches.labels("ok").inc()
@@ -785,10 +476,7 @@ class Dispatcher:
         return len(rows)
 
     def _back_off(self, batch: Batch, entries: list[Entry], reason: str) -> None:
-        lane = batch.lane
-        lane.failures += 1
-        delay = self.retry.backoff(lane.failures)
-        lane.not_before = max(lane.not_before, self._clock() + delay)
+        delay = self.batcher.back_off(batch, entries, self._clock(), self.retry.backoff)
         self.totals["retried"] += 1
         self.metrics.retries.labels(reason.split(":")[0][:40]).inc()
         self.metrics.batches.labels("retry").inc()
@@ -796,71 +484,29 @@ class Dispatcher:
             "transient failure; retrying",
             extra={"reason": reason[:300], "backoff_s": round(delay, 3)},
         )
-        self.batcher.put_back(batch, entries)
 
     def _go_fatal(self, batch: Batch, entries: list[Entry], reason: str) -> None:
-        self._fatal_count += 1
-        delay = min(900.0, 30.0 * 2 ** (self._fatal_count - 1))
-        self._fatal_until = self._clock() + delay
-        if self.fatal is None:
+        began, delay = self.halt.enter(reason, self._clock())
+        if began:
             log.error(
                 "Campaign refuses every call; delivery stopped, queue kept",
                 extra={"reason": reason, "probe_in_s": delay},
             )
-        self.fatal = reason
         self.metrics.batches.labels("fatal").inc()
         self.batcher.put_back(batch, entries)
 
     # --- introspection ---------------------------------------------------------------
 
-    def fault_pauses(self) -> dict[str, Any]:
-        """Lanes paused on a fault every record meets, and whether every busy lane is."""
-        now = self._clock()
-        paused = {}
-        for lane_id, lane in self.batcher.lanes.items():
-            health = lane.health
-            if health.suspect_since is None:
-                continue
-            paused[f"{lane_id.schema}#{lane_id.method}"] = {
-                "paused_for_s": round(now - health.suspect_since, 1),
-                "next_probe_in_s": round(max(0.0, lane.not_before - now), 1),
-                "probes": health.pauses,
-                "fault": health.reason[:500],
-            }
-        # Instance-wide: every lane with records to send is paused on a fault.
-        waiting = [lane for lane in self.batcher.lanes.values() if lane.count or lane.held]
-        return {
-            "paused_lanes": paused,
-            "instance_wide": bool(waiting) and all(lane.health.suspect for lane in waiting),
-        }
-
     def stats(self) -> dict[str, Any]:
-        throttle = self.client.throttle
         return {
             "fatal": self.fatal,
             "faults": self.fault_pauses(),
             "in_flight": self.in_flight.current,
             "in_flight_limit": self.in_flight.limit,
             "latency_ewma_s": self.in_flight.latency_s,
-            "rate_limit": round(throttle.rate(), 3),
-            "paused_for_s": round(throttle.paused_for, 3),
+            "rate_limit": round(self.client.rate(), 3),
+            "paused_for_s": round(self.client.paused_for, 3),
             "records_in_memory": self.batcher.pending,
             "totals": dict(self.totals),
-            "lanes": {
-                f"{lane_id.schema}#{lane_id.method}": {
-                    "pending_entries": lane.count,
-                    "held_keys": len(lane.held),
-                    "collections": lane.collections,
-                    "collection_fallback": self.fallbacks.get(lane_id),
-                    "merges": lane.merges,
-                    "failures": lane.failures,
-                    "refused_in_a_row": lane.health.streak,
-                    # Records refused alone, waiting to be tried alone again.
-                    "suspected_records": sum(
-                        1 for chain in lane.pending.values() if chain[0].strikes
-                    ),
-                    "paused_on_fault": lane.health.suspect,
-                }
-                for lane_id, lane in self.batcher.lanes.items()
-            },
+            "lanes": {lane_id.text: lane.stats() for lane_id, lane in self.batcher.lanes.items()},
         }

@@ -37,6 +37,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from .backoff import ceiling
+
 __all__ = ["LaneHealth", "Strike", "Verdict"]
 
 
@@ -178,8 +180,7 @@ class LaneHealth:
         """
         if grow or not self.pauses:
             self.pauses += 1
-        doublings = min(self.pauses - 1, 32)
-        return float(min(max_s, initial_s * 2.0**doublings))
+        return float(ceiling(initial_s, max_s, self.pauses - 1))
 
     def _void(self, strike: Strike) -> bool:
         if strike.by_sibling:

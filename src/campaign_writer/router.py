@@ -28,7 +28,7 @@ import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple, Protocol
 
 import orjson
 
@@ -38,9 +38,6 @@ from .records import LaneId, QueueItem
 from .settings import MISSING, Section, describe
 from .xmltext import XmlTextPolicy, check_name, check_qualified_name, quote_attribute
 from .xtktypes import TEXT_TYPES, XTK_TYPES, Caster, caster, json_type, text_length
-
-if TYPE_CHECKING:
-    from .config import Config
 
 __all__ = [
     "ROUTE_METHODS",
@@ -428,12 +425,29 @@ def _compile(route: RouteConfig, policy: XmlTextPolicy) -> _Route:
     )
 
 
-class Router:
-    """Maps events to staging records with the configured routes."""
+class _IntakeSlice(Protocol):
+    @property
+    def invalid_xml_chars(self) -> XmlTextPolicy: ...
 
-    def __init__(self, config: Config) -> None:
-        policy = config.intake.invalid_xml_chars
-        self.routes = tuple(_compile(route, policy) for route in config.routes)
+
+class RoutingConfig(Protocol):
+    """The two fields of :class:`~campaign_writer.config.Config` a router reads."""
+
+    @property
+    def routes(self) -> Sequence[RouteConfig]: ...
+    @property
+    def intake(self) -> _IntakeSlice: ...
+
+
+class Router:
+    """Maps events to staging records with the configured routes.
+
+    ``policy`` is ``intake.invalid_xml_chars``: what to do with characters XML 1.0
+    cannot carry. :meth:`from_config` reads both from a whole config.
+    """
+
+    def __init__(self, routes: Sequence[RouteConfig], policy: XmlTextPolicy = "reject") -> None:
+        self.routes = tuple(_compile(route, policy) for route in routes)
         # When every route matches on the same single field (the usual `type`), a
         # dictionary finds the route; otherwise routes are tried in order.
         keys = {tuple(k for k, _ in r.match) for r in self.routes}
@@ -443,6 +457,11 @@ class Router:
             self._match_key = next(iter(keys))[0]
             for route in self.routes:
                 self._index.setdefault((type(route.match[0][1]), route.match[0][1]), route)
+
+    @classmethod
+    def from_config(cls, config: RoutingConfig) -> Router:
+        """The router for ``config.routes`` with ``config.intake``'s text policy."""
+        return cls(config.routes, config.intake.invalid_xml_chars)
 
     def replace(self, other: Router) -> None:
         """Take ``other``'s routes (a config reload): one assignment of each field, with

@@ -29,9 +29,10 @@ from collections.abc import Awaitable, Callable
 
 from asyncio_throttle.throttler import Throttler
 
+from .backoff import delay
 from .logs import get_logger
 
-__all__ = ["RateController", "TenantThrottle"]
+__all__ = ["InFlightLimit", "RateController", "TenantThrottle"]
 
 log = get_logger("throttle")
 
@@ -207,7 +208,7 @@ class TenantThrottle:
             pause = min(retry_after, self.retry_after_cap_s)
         else:
             # Tenant limits count per second: a first pause of 1 s lets the window drain.
-            pause = min(2.0 ** (self._consecutive_throttles - 1), self.retry_after_cap_s)
+            pause = delay(1.0, self.retry_after_cap_s, self._consecutive_throttles - 1, "none")
         until = now + pause
         if until > self._paused_until:
             self._paused_until = until
@@ -249,3 +250,46 @@ class TenantThrottle:
         accepted = self._accepted
         while accepted and accepted[0] < horizon:
             accepted.popleft()
+
+
+class InFlightLimit:
+    """The in-flight cap: a semaphore whose size follows rate x latency (Little's law).
+
+    About ``rate x latency`` calls must be in flight to use the throttle's whole
+    budget, so the cap tracks ``ceil(1.5 x rate x latency) + 2``, at most ``maximum``.
+    """
+
+    def __init__(self, maximum: int, on_change: Callable[[int], None] | None = None) -> None:
+        self.maximum = max(1, maximum)
+        self.limit = min(self.maximum, 2)
+        self.current = 0
+        self.latency_s: float | None = None
+        self._changed = asyncio.Condition()
+        self._on_change = on_change
+        if on_change is not None:
+            on_change(self.limit)
+
+    async def acquire(self) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.current < self.limit)
+            self.current += 1
+
+    async def release(self) -> None:
+        async with self._changed:
+            self.current -= 1
+            self._changed.notify_all()
+
+    async def observe(self, latency_s: float, rate: float) -> None:
+        """Fold one call's latency in and resize: ceil(1.5 x rate x latency) + 2."""
+        previous = self.latency_s
+        self.latency_s = latency_s if previous is None else previous * 0.8 + latency_s * 0.2
+        wanted = max(2, min(self.maximum, math.ceil(1.5 * rate * self.latency_s) + 2))
+        if wanted != self.limit:
+            async with self._changed:
+                self.limit = wanted
+                self._changed.notify_all()
+            if self._on_change is not None:
+                self._on_change(wanted)
+
+    def __repr__(self) -> str:
+        return f"InFlightLimit(current={self.current}, limit={self.limit}, max={self.maximum})"

@@ -326,3 +326,31 @@ def test_only_struck_records_left_they_go_without_evidence() -> None:
     again = take(b)
     assert [e.key for e in again.entries] == ["bad"]
     assert not again.retrial
+
+
+def test_the_batcher_backs_a_lane_off_and_a_delivery_ends_the_streak() -> None:
+    b = batcher(linger_s=0.0)
+    b.add(LANE, entry(1, "a"))
+    batch = take(b)
+    waits = b.back_off(batch, batch.entries, 100.0, lambda failures: 2.0 * failures)
+    lane = b.lane(LANE)
+    assert waits == 2.0 and lane.failures == 1 and lane.count == 1
+    assert b.next_batch(101.0) == (None, 102.0)
+    b.pause(lane, 101.0)  # an earlier pause never shortens the wait
+    batch = take(b, 102.0)
+    assert b.back_off(batch, batch.entries, 102.0, lambda failures: 2.0 * failures) == 4.0
+    batch = take(b, 106.0)
+    b.delivered(batch, batch.entries)
+    assert lane.failures == 0 and b.pending == 0 and not lane.held
+
+
+def test_falling_back_sends_one_record_per_call_once() -> None:
+    b = batcher(linger_s=0.0)
+    for i in range(3):
+        b.add(LANE, entry(i, f"k{i}"))
+    lane = b.lane(LANE)
+    assert b.fall_back(lane, "refused") and not b.fall_back(lane, "again")
+    assert lane.fallback == "refused" and lane.stats()["collection_fallback"] == "refused"
+    batch = take(b)
+    assert len(batch.entries) == 1 and not batch.collection
+    assert sorted(b.unsent_ids()) == [1, 2]

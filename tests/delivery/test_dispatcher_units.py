@@ -25,9 +25,10 @@ import orjson
 import pytest
 
 from campaign_writer.auth import SessionAuth
+from campaign_writer.backoff import RetryPolicy
 from campaign_writer.batcher import Batcher
 from campaign_writer.deadletter import DeadLetterStore
-from campaign_writer.dispatcher import Dispatcher, InFlightLimit, RetryPolicy
+from campaign_writer.dispatcher import Dispatcher
 from campaign_writer.documents import render_fragment
 from campaign_writer.logs import Secret
 from campaign_writer.metrics import Metrics
@@ -45,7 +46,7 @@ from campaign_writer.testing import (
     session_expired,
     throttled,
 )
-from campaign_writer.throttle import TenantThrottle
+from campaign_writer.throttle import InFlightLimit, TenantThrottle
 from tests.support.clock import on_virtual_time
 
 SCHEMA = "dem:sampleTableStg"

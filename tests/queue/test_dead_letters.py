@@ -57,7 +57,7 @@ async def test_dead_letter_keeps_the_original_event_reason_status_and_code(
 
 def _replay_in_another_process(path: str, config: str) -> None:
     with DeadLetterStore(path) as store:
-        store.replay(Router(load(config)))
+        store.replay(Router.from_config(load(config)))
 
 
 async def test_replay_by_another_process_reaches_the_running_queue(tmp_path: Path) -> None:

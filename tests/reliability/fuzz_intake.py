@@ -136,7 +136,7 @@ class Intake:
 
     def __init__(self) -> None:
         config = from_mapping(sample_only_tree("http://127.0.0.1:9", "/nonexistent"))
-        self.router = router.Router(config)
+        self.router = router.Router.from_config(config)
 
     def route(self, body: bytes, content_type: str) -> Any:
         now = time.time()

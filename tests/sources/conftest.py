@@ -141,7 +141,7 @@ async def intake_factory(tmp_path: Path) -> AsyncIterator[IntakeFactory]:
             max_bytes=config.queue.max_bytes,
             synchronous=config.queue.synchronous,
         )
-        intake = Intake(queue, Router(config))
+        intake = Intake(queue, Router.from_config(config))
         opened.append(intake)
         return intake
 

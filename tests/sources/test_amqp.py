@@ -636,7 +636,7 @@ def test_the_source_runs_under_uvloop(rabbitmq_port: int, tmp_path: Path, unique
             queue = await DurableQueue.open(config.queue.path)
             metrics = Metrics()
             settings = read_settings({"url": publisher.url, "queue": unique}, "sources[0]")
-            source = RabbitMQSource("rabbit", settings, Router(config), queue, metrics)
+            source = RabbitMQSource("rabbit", settings, Router.from_config(config), queue, metrics)
             await source.start()
             try:
                 await eventually(lambda: source.stats()["acked"] == 100, what="100 acks")

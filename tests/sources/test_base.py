@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from campaign_writer.backoff import Backoff
 from campaign_writer.errors import QueueError
-from campaign_writer.sources.base import Backoff
 from tests.sources.conftest import IntakeFactory, eventually, sample_events
 from tests.sources.test_file import make_source
 
 
 def test_backoff_doubles_up_to_its_cap_and_resets() -> None:
     """Reconnect delays double from the first one, never pass the cap, restart at reset."""
-    backoff = Backoff(0.2, 3.0)
+    backoff = Backoff(0.2, 3.0, "half")  # what sources reconnect with
     delays = [backoff.next_delay() for _ in range(8)]
     ceilings = [min(3.0, 0.2 * 2**n) for n in range(8)]
     assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True))

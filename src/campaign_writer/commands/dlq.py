@@ -146,7 +146,7 @@ def _replay(args: argparse.Namespace) -> int:
     from ..router import Router
 
     config = load(args.config)
-    router = Router(config)
+    router = Router.from_config(config)
     with DeadLetterStore(config.queue.path, max_bytes=config.queue.max_bytes) as store:
         total = store.count(ids=args.ids, code=args.code)
         if total == 0:

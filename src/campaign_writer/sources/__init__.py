@@ -1,50 +1,59 @@
 """Event sources: the HTTP intake (:mod:`.http`) and the message-queue consumers.
 
 Every ``[[sources]]`` block in the config has a ``kind`` and a unique ``name``; the
-module ``campaign_writer.sources.<kind>`` implements that kind. The config keeps the
-block's other keys as a mapping and hands them to the module to check, so a kind's
-options are defined in one place, next to the code that uses them. A source module
-provides::
+config keeps the block's other keys as a mapping and hands them to the kind to
+check, so a kind's options are defined in one place, next to the code that uses
+them. A kind is a :class:`SourceKind`: how to check a block's options
+(``parse_options(options, path, problems)``, appending ``"path.key: message"`` to
+``problems`` for each fault, as :class:`~campaign_writer.settings.Section` does) and
+how to build the source (``create(config, router, queue, metrics)``, not started).
 
-    def parse_options(options: Mapping[str, Any], path: str, problems: list[str]) -> object:
-        # Check the block's keys; append "path.key: message" to problems for each fault
-        # (settings.Section reads a table this way). The result is SourceConfig.settings.
-
-    def create(config: SourceConfig, router: Router, queue: DurableQueue,
-               metrics: Metrics) -> Source:
-        # The source, not started yet.
-
-A module is imported the first time its kind is used; :func:`register_source` plugs
-one in explicitly instead (tests, out-of-tree kinds).
+:data:`SOURCE_KINDS` lists the kinds this package ships; the module
+``campaign_writer.sources.<kind>`` defines each one as ``SOURCE`` (a broker source
+gets it from :meth:`SourceKind.of`) and is imported the first time its kind is
+used, so a client library is loaded only when a block needs it.
+:func:`register_source` adds a kind from elsewhere (tests, out-of-tree kinds): the
+config then accepts it and the daemon builds it.
 
 Every source obeys one rule: acknowledge a message upstream only after the local
 queue committed it (``queue.append(items, dead_letters=...)`` returned). The broker
 kinds share that loop in :mod:`.base`.
+
+This package imports nothing from :mod:`campaign_writer.config`; the config imports
+:class:`SourceConfig` and :func:`parse_source_options` from here.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..config import Config, SourceConfig
     from ..metrics import Metrics
     from ..queue import DurableQueue
     from ..router import Router
 
 __all__ = [
+    "SOURCE_KINDS",
     "Source",
+    "SourceConfig",
     "SourceKind",
     "build_sources",
+    "known_kinds",
     "parse_source_options",
     "register_source",
     "source_kind",
 ]
+
+# The kinds shipped in this package, in the order the config's error lists them.
+SOURCE_KINDS: Final = ("rabbitmq", "redis_streams", "nats", "kafka", "file")
+
+T = TypeVar("T")
 
 
 class Source(Protocol):
@@ -58,46 +67,92 @@ class Source(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
-ParseOptions = Callable[[Mapping[str, Any], str, list[str]], Any]
-CreateSource = Callable[["SourceConfig", "Router", "DurableQueue", "Metrics"], Source]
+@dataclass(frozen=True)
+class SourceConfig:
+    """One ``[[sources]]`` block: kind, unique name, and the kind's own options.
+
+    ``options`` are the block's other keys as written; ``settings`` is what the
+    kind's ``parse_options`` made of them (None when it has no parser).
+    """
+
+    kind: str
+    name: str
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    settings: Any = None
+
+
+ParseOptions = Callable[[Mapping[str, Any], str, list[str]], T]
+CreateSource = Callable[[SourceConfig, "Router", "DurableQueue", "Metrics"], Source]
 
 
 @dataclass(frozen=True)
-class SourceKind:
+class SourceKind(Generic[T]):
     """How to check the options of one kind of source and how to build it."""
 
     create: CreateSource
-    parse_options: ParseOptions | None = None
+    parse_options: ParseOptions[T] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        source_type: Callable[[str, T, Any, Any, Metrics | None], Source],
+        settings_type: type[T],
+        parse_options: ParseOptions[T],
+    ) -> SourceKind[T]:
+        """The kind whose sources are ``source_type(name, settings, router, queue,
+        metrics)``, with settings of ``settings_type`` read by ``parse_options``."""
+
+        def create(
+            config: SourceConfig, router: Router, queue: DurableQueue, metrics: Metrics
+        ) -> Source:
+            settings = config.settings
+            if not isinstance(settings, settings_type):
+                # A block built by hand (tests): check it now.
+                settings = raise_problems(parse_options, config.options, f"sources[{config.name}]")
+            return source_type(config.name, settings, router, queue, metrics)
+
+        return cls(create, parse_options)
+
+    def read_settings(self, options: Mapping[str, Any], path: str) -> T:
+        """``parse_options``, raising ConfigError when the block has problems."""
+        if self.parse_options is None:
+            raise TypeError("this kind of source has no options")
+        return raise_problems(self.parse_options, options, path)
 
 
-_KINDS: dict[str, SourceKind] = {}
+def raise_problems(parse: ParseOptions[T], options: Mapping[str, Any], path: str) -> T:
+    """Run a kind's ``parse_options`` and raise ConfigError if it found problems."""
+    problems: list[str] = []
+    settings = parse(options, path, problems)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+_KINDS: dict[str, SourceKind[Any]] = {}
 
 
 def register_source(
-    kind: str, *, create: CreateSource, parse_options: ParseOptions | None = None
+    kind: str, *, create: CreateSource, parse_options: ParseOptions[Any] | None = None
 ) -> None:
     """Plug in a kind of source without a module under ``campaign_writer.sources``."""
     _KINDS[kind] = SourceKind(create, parse_options)
 
 
-def source_kind(kind: str) -> SourceKind | None:
-    """The registered kind, else the one its module defines; None if there is neither."""
+def known_kinds() -> tuple[str, ...]:
+    """Every kind a ``[[sources]]`` block may name: the shipped ones, then registered."""
+    return SOURCE_KINDS + tuple(kind for kind in _KINDS if kind not in SOURCE_KINDS)
+
+
+def source_kind(kind: str) -> SourceKind[Any] | None:
+    """The registered kind, else the shipped one; None if there is neither."""
     found = _KINDS.get(kind)
-    if found is not None:
+    if found is not None or kind not in SOURCE_KINDS:
         return found
-    name = f"{__name__}.{kind}"
-    try:
-        module = importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name == name:
-            return None
-        raise
-    create = getattr(module, "create", None)
-    if create is None:
-        return None
-    found = SourceKind(create, getattr(module, "parse_options", None))
-    _KINDS[kind] = found
-    return found
+    module = importlib.import_module(f"{__name__}.{kind}")
+    shipped: SourceKind[Any] = module.SOURCE
+    _KINDS[kind] = shipped
+    return shipped
 
 
 def parse_source_options(
@@ -114,11 +169,11 @@ def parse_source_options(
 
 
 def build_sources(
-    config: Config, router: Router, queue: DurableQueue, metrics: Metrics
+    configs: Sequence[SourceConfig], router: Router, queue: DurableQueue, metrics: Metrics
 ) -> list[Source]:
     """One source per ``[[sources]]`` block, in config order, not started."""
     sources: list[Source] = []
-    for index, source_config in enumerate(config.sources):
+    for index, source_config in enumerate(configs):
         found = source_kind(source_config.kind)
         if found is None:
             raise ConfigError(

@@ -20,20 +20,24 @@
   the daemon's supervisor reports; a source never dies silently.
 
 Subclasses implement ``_open``, ``_receive``, ``_ack`` and ``_shutdown`` and may
-override ``_hold``, ``_resume`` and ``_idle``.
+override ``_hold``, ``_resume`` and ``_idle``. Each is built as
+``Kind(name, settings, router, queue, metrics)``, with its own settings dataclass
+(which carries :class:`CommonSettings` as ``common``); a subclass sets up its own
+state in ``_setup`` rather than repeating that signature, and its module defines
+``SOURCE = SourceKind.of(Kind, KindSettings, parse_options)``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
+from ..backoff import Backoff
 from ..errors import QueueFullError, SourceError
 from ..logs import get_logger, redact
 from ..metrics import Metrics
@@ -42,6 +46,7 @@ from ..settings import Section
 
 __all__ = [
     "Backoff",
+    "BrokerSettings",
     "BrokerSource",
     "CommonSettings",
     "IntakeQueue",
@@ -122,26 +127,17 @@ class CommonSettings:
         )
 
 
-class Backoff:
-    """Capped exponential backoff with jitter: delay n is in [c/2, c], c = min(cap, base x 2^n)."""
+class BrokerSettings(Protocol):
+    """What every kind's settings dataclass carries."""
 
-    def __init__(self, initial_s: float, max_s: float) -> None:
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self.attempts = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self.max_s, self.initial_s * (2 ** min(self.attempts, 30)))
-        self.attempts += 1
-        # Jitter spreads the reconnects of many writers after a broker restart; the
-        # lower half is cut so a retry never comes much sooner than planned.
-        return random.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self.attempts = 0
+    @property
+    def common(self) -> CommonSettings: ...
 
 
-class BrokerSource(ABC):
+S = TypeVar("S", bound=BrokerSettings)
+
+
+class BrokerSource(ABC, Generic[S]):
     """One ``[[sources]]`` block: a task that moves broker messages into the local queue."""
 
     kind: ClassVar[str]
@@ -149,16 +145,17 @@ class BrokerSource(ABC):
     def __init__(
         self,
         name: str,
-        common: CommonSettings,
+        settings: S,
         router: IntakeRouter,
         queue: IntakeQueue,
         metrics: Metrics | None = None,
     ) -> None:
         self.name = name
-        self.common = common
+        self.settings = settings
+        self.common = settings.common
         self.router = router
         self.queue = queue
-        metrics = metrics or Metrics()
+        metrics = self.metrics = metrics or Metrics()
         self._received = metrics.events_received.labels(name)
         self._accepted = metrics.events_accepted.labels(name)
         self._rejected = metrics.events_rejected.labels(name)
@@ -176,6 +173,10 @@ class BrokerSource(ABC):
         self._need_room = False
         self._counts = {"received": 0, "accepted": 0, "dead_lettered": 0, "acked": 0}
         self._reconnect_count = 0
+        self._setup()
+
+    def _setup(self) -> None:
+        """The kind's own state, set up at the end of ``__init__``."""
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -235,7 +236,7 @@ class BrokerSource(ABC):
     # --- the loop --------------------------------------------------------------------
 
     async def _run(self) -> None:
-        backoff = Backoff(self.common.reconnect_initial_s, self.common.reconnect_max_s)
+        backoff = Backoff(self.common.reconnect_initial_s, self.common.reconnect_max_s, "half")
         opened_before = False
         while not self._stopping.is_set():
             try:
@@ -419,13 +420,13 @@ class BrokerSource(ABC):
         """The queue is full: keep ``batch`` (True) or hand it back to the broker (False)."""
         return True
 
-    def _wake(self) -> None:  # noqa: B027 - optional hook
+    def _wake(self) -> None:
         """close() was called: end a wait for messages early, if the broker allows."""
 
-    async def _resume(self) -> None:  # noqa: B027 - optional hook, nothing to undo by default
+    async def _resume(self) -> None:
         """The queue has room again: undo whatever ``_hold`` did to stop the flow."""
 
-    async def _idle(self, batch: Sequence[Message]) -> None:  # noqa: B027 - optional hook
+    async def _idle(self, batch: Sequence[Message]) -> None:
         """Called about every POLL_S while paused; raise SourceError if the link is gone."""
 
 

@@ -19,19 +19,15 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar, Final
 
 from ..errors import SourceError
 from ..logs import get_logger
-from ..metrics import Metrics
 from ..settings import Section
-from .base import POLL_S, BrokerSource, CommonSettings, IntakeQueue, IntakeRouter, Message
-from .options import block_settings, raise_problems
+from . import SourceKind
+from .base import POLL_S, BrokerSource, CommonSettings, Message
 
-if TYPE_CHECKING:
-    from ..config import SourceConfig
-
-__all__ = ["KIND", "FileSettings", "FileSource", "create", "parse_options", "read_settings"]
+__all__ = ["KIND", "SOURCE", "FileSettings", "FileSource", "parse_options", "read_settings"]
 
 KIND = "file"
 STDIN = "-"
@@ -60,34 +56,12 @@ def parse_options(options: Mapping[str, Any], path: str, problems: list[str]) ->
     return settings
 
 
-def read_settings(options: Mapping[str, Any], path: str) -> FileSettings:
-    """:func:`parse_options`, raising ConfigError when the block has problems."""
-    return raise_problems(parse_options, options, path)
-
-
-def create(
-    config: SourceConfig, router: IntakeRouter, queue: IntakeQueue, metrics: Metrics
-) -> FileSource:
-    """The source for one ``[[sources]]`` block (the daemon starts it)."""
-    settings = block_settings(config, FileSettings, parse_options)
-    return FileSource(config.name, settings, router, queue, metrics)
-
-
-class FileSource(BrokerSource):
+class FileSource(BrokerSource[FileSettings]):
     """Read NDJSON lines into the local queue."""
 
     kind: ClassVar[str] = KIND
 
-    def __init__(
-        self,
-        name: str,
-        settings: FileSettings,
-        router: IntakeRouter,
-        queue: IntakeQueue,
-        metrics: Metrics | None = None,
-    ) -> None:
-        super().__init__(name, settings.common, router, queue, metrics)
-        self.settings = settings
+    def _setup(self) -> None:
         self._stream: BinaryIO | None = None
         self._offset = 0
         self._line = 0
@@ -152,3 +126,7 @@ class FileSource(BrokerSource):
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "finished": self.finished, "lines": self._line}
+
+
+SOURCE: Final = SourceKind.of(FileSource, FileSettings, parse_options)
+read_settings = SOURCE.read_settings

@@ -57,7 +57,7 @@ from ..router import Routing
 from ..settings import split_listen
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from ..config import HttpConfig
     from ..metrics import Metrics
     from ..queue import DurableQueue
     from ..router import Router
@@ -262,15 +262,15 @@ class HttpIntake:
 
     def __init__(
         self,
-        config: Config,
+        settings: HttpConfig,
         router: Router,
         queue: DurableQueue,
         metrics: Metrics,
     ) -> None:
-        self.host, self.port = split_listen(config.http.listen)
-        self.max_body_bytes = config.http.max_body_bytes
-        self.max_connections = config.http.max_connections
-        token = config.http.token
+        self.host, self.port = split_listen(settings.listen)
+        self.max_body_bytes = settings.max_body_bytes
+        self.max_connections = settings.max_connections
+        token = settings.token
         self._token = token.reveal().encode("utf-8") if token is not None else None
         self._router = router
         self._queue = queue

@@ -19,7 +19,7 @@ import contextlib
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -27,15 +27,11 @@ from aiokafka.structs import OffsetAndMetadata
 
 from ..errors import SourceError
 from ..logs import Secret, get_logger
-from ..metrics import Metrics
 from ..settings import Section
-from .base import POLL_S, BrokerSource, CommonSettings, IntakeQueue, IntakeRouter, Message
-from .options import block_settings, raise_problems
+from . import SourceKind
+from .base import POLL_S, BrokerSource, CommonSettings, Message
 
-if TYPE_CHECKING:
-    from ..config import SourceConfig
-
-__all__ = ["KIND", "KafkaSettings", "KafkaSource", "create", "parse_options", "read_settings"]
+__all__ = ["KIND", "SOURCE", "KafkaSettings", "KafkaSource", "parse_options", "read_settings"]
 
 KIND = "kafka"
 _ERRORS = (KafkaError, OSError, TimeoutError)
@@ -103,34 +99,12 @@ def parse_options(options: Mapping[str, Any], path: str, problems: list[str]) ->
     return settings
 
 
-def read_settings(options: Mapping[str, Any], path: str) -> KafkaSettings:
-    """:func:`parse_options`, raising ConfigError when the block has problems."""
-    return raise_problems(parse_options, options, path)
-
-
-def create(
-    config: SourceConfig, router: IntakeRouter, queue: IntakeQueue, metrics: Metrics
-) -> KafkaSource:
-    """The source for one ``[[sources]]`` block (the daemon starts it)."""
-    settings = block_settings(config, KafkaSettings, parse_options)
-    return KafkaSource(config.name, settings, router, queue, metrics)
-
-
-class KafkaSource(BrokerSource):
+class KafkaSource(BrokerSource[KafkaSettings]):
     """Consume Kafka topics as one member of a consumer group."""
 
     kind: ClassVar[str] = KIND
 
-    def __init__(
-        self,
-        name: str,
-        settings: KafkaSettings,
-        router: IntakeRouter,
-        queue: IntakeQueue,
-        metrics: Metrics | None = None,
-    ) -> None:
-        super().__init__(name, settings.common, router, queue, metrics)
-        self.settings = settings
+    def _setup(self) -> None:
         self._consumer: AIOKafkaConsumer | None = None
         self.commits_refused = 0
 
@@ -243,3 +217,7 @@ class KafkaSource(BrokerSource):
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "commits_refused": self.commits_refused}
+
+
+SOURCE: Final = SourceKind.of(KafkaSource, KafkaSettings, parse_options)
+read_settings = SOURCE.read_settings

@@ -26,7 +26,7 @@ import contextlib
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import nats
 import nats.errors
@@ -39,15 +39,12 @@ from nats.js.client import JetStreamContext
 
 from ..errors import SourceError
 from ..logs import Secret, get_logger
-from ..metrics import Metrics
 from ..settings import Section
-from .base import POLL_S, BrokerSource, CommonSettings, IntakeQueue, IntakeRouter, Message
-from .options import block_settings, broker_url, raise_problems, safe_url
+from . import SourceKind
+from .base import POLL_S, BrokerSource, CommonSettings, Message
+from .options import broker_url, safe_url
 
-if TYPE_CHECKING:
-    from ..config import SourceConfig
-
-__all__ = ["KIND", "NatsSettings", "NatsSource", "create", "parse_options", "read_settings"]
+__all__ = ["KIND", "SOURCE", "NatsSettings", "NatsSource", "parse_options", "read_settings"]
 
 KIND = "nats"
 _ERRORS = (nats.errors.Error, OSError, TimeoutError)
@@ -92,19 +89,6 @@ def parse_options(options: Mapping[str, Any], path: str, problems: list[str]) ->
     return settings
 
 
-def read_settings(options: Mapping[str, Any], path: str) -> NatsSettings:
-    """:func:`parse_options`, raising ConfigError when the block has problems."""
-    return raise_problems(parse_options, options, path)
-
-
-def create(
-    config: SourceConfig, router: IntakeRouter, queue: IntakeQueue, metrics: Metrics
-) -> NatsSource:
-    """The source for one ``[[sources]]`` block (the daemon starts it)."""
-    settings = block_settings(config, NatsSettings, parse_options)
-    return NatsSource(config.name, settings, router, queue, metrics)
-
-
 def _delivery_count(reply: str) -> int:
     """How many times JetStream delivered a message, read from its ack subject.
 
@@ -120,21 +104,12 @@ def _delivery_count(reply: str) -> int:
     return 1
 
 
-class NatsSource(BrokerSource):
+class NatsSource(BrokerSource[NatsSettings]):
     """Pull one JetStream durable consumer into the local queue."""
 
     kind: ClassVar[str] = KIND
 
-    def __init__(
-        self,
-        name: str,
-        settings: NatsSettings,
-        router: IntakeRouter,
-        queue: IntakeQueue,
-        metrics: Metrics | None = None,
-    ) -> None:
-        super().__init__(name, settings.common, router, queue, metrics)
-        self.settings = settings
+    def _setup(self) -> None:
         self._client: Client | None = None
         self._js: JetStreamContext | None = None
         self._inbox = ""
@@ -321,3 +296,7 @@ class NatsSource(BrokerSource):
 
     def stats(self) -> dict[str, Any]:
         return {**super().stats(), "redelivered": self.redelivered}
+
+
+SOURCE: Final = SourceKind.of(NatsSource, NatsSettings, parse_options)
+read_settings = SOURCE.read_settings

@@ -86,7 +86,7 @@ import struct
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Final, NoReturn
+from typing import Any, ClassVar, Final, NoReturn
 
 import aiormq
 import aiormq.exceptions
@@ -100,22 +100,19 @@ from yarl import URL
 
 from ..errors import SourceError
 from ..logs import Secret, get_logger
-from ..metrics import Metrics
 from ..settings import Section
-from .base import POLL_S, BrokerSource, CommonSettings, IntakeQueue, IntakeRouter, Message
+from . import SourceKind
+from .base import POLL_S, BrokerSource, CommonSettings, Message
 from .base import headers_text as _headers_text
-from .options import block_settings, broker_url, raise_problems, safe_url
-
-if TYPE_CHECKING:
-    from ..config import SourceConfig
+from .options import broker_url, safe_url
 
 __all__ = [
     "KIND",
+    "SOURCE",
     "Endpoint",
     "RabbitMQSettings",
     "RabbitMQSource",
     "UndecodableProperties",
-    "create",
     "install_lenient_properties",
     "parse_options",
     "read_settings",
@@ -383,19 +380,6 @@ def parse_options(options: Mapping[str, Any], path: str, problems: list[str]) ->
     return settings
 
 
-def read_settings(options: Mapping[str, Any], path: str) -> RabbitMQSettings:
-    """:func:`parse_options`, raising ConfigError when the block has problems."""
-    return raise_problems(parse_options, options, path)
-
-
-def create(
-    config: SourceConfig, router: IntakeRouter, queue: IntakeQueue, metrics: Metrics
-) -> RabbitMQSource:
-    """The source for one ``[[sources]]`` block (the daemon starts it)."""
-    settings = block_settings(config, RabbitMQSettings, parse_options)
-    return RabbitMQSource(config.name, settings, router, queue, metrics)
-
-
 # --- the source -------------------------------------------------------------------------
 
 
@@ -486,23 +470,13 @@ async def _unused(message: DeliveredMessage) -> None:
     raise AssertionError("_DeliveringChannel hands deliveries to on_delivery")
 
 
-class RabbitMQSource(BrokerSource):
+class RabbitMQSource(BrokerSource[RabbitMQSettings]):
     """Consume one RabbitMQ queue into the local queue."""
 
     kind: ClassVar[str] = KIND
 
-    def __init__(
-        self,
-        name: str,
-        settings: RabbitMQSettings,
-        router: IntakeRouter,
-        queue: IntakeQueue,
-        metrics: Metrics | None = None,
-    ) -> None:
-        metrics = metrics or Metrics()
-        super().__init__(name, settings.common, router, queue, metrics)
-        self.settings = settings
-        self._redeliveries_metric = metrics.source_redeliveries.labels(name)
+    def _setup(self) -> None:
+        self._redeliveries_metric = self.metrics.source_redeliveries.labels(self.name)
         self._redeliveries = 0
         self._connection: aiormq.Connection | None = None
         self._transport: _KeptTransport | None = None
@@ -690,3 +664,7 @@ class RabbitMQSource(BrokerSource):
         finally:
             if transport is not None:
                 transport.close()
+
+
+SOURCE: Final = SourceKind.of(RabbitMQSource, RabbitMQSettings, parse_options)
+read_settings = SOURCE.read_settings

@@ -27,7 +27,7 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -36,19 +36,16 @@ from redis.exceptions import RedisError, ResponseError
 
 from ..errors import SourceError
 from ..logs import Secret
-from ..metrics import Metrics
 from ..settings import Section
-from .base import POLL_S, BrokerSource, CommonSettings, IntakeQueue, IntakeRouter, Message
-from .options import block_settings, broker_url, raise_problems, safe_url
-
-if TYPE_CHECKING:
-    from ..config import SourceConfig
+from . import SourceKind
+from .base import POLL_S, BrokerSource, CommonSettings, Message
+from .options import broker_url, safe_url
 
 __all__ = [
     "KIND",
+    "SOURCE",
     "RedisStreamsSettings",
     "RedisStreamsSource",
-    "create",
     "parse_options",
     "read_settings",
 ]
@@ -99,36 +96,14 @@ def parse_options(
     return settings
 
 
-def read_settings(options: Mapping[str, Any], path: str) -> RedisStreamsSettings:
-    """:func:`parse_options`, raising ConfigError when the block has problems."""
-    return raise_problems(parse_options, options, path)
-
-
-def create(
-    config: SourceConfig, router: IntakeRouter, queue: IntakeQueue, metrics: Metrics
-) -> RedisStreamsSource:
-    """The source for one ``[[sources]]`` block (the daemon starts it)."""
-    settings = block_settings(config, RedisStreamsSettings, parse_options)
-    return RedisStreamsSource(config.name, settings, router, queue, metrics)
-
-
-class RedisStreamsSource(BrokerSource):
+class RedisStreamsSource(BrokerSource[RedisStreamsSettings]):
     """Consume one stream through a consumer group into the local queue."""
 
     kind: ClassVar[str] = KIND
 
-    def __init__(
-        self,
-        name: str,
-        settings: RedisStreamsSettings,
-        router: IntakeRouter,
-        queue: IntakeQueue,
-        metrics: Metrics | None = None,
-    ) -> None:
-        super().__init__(name, settings.common, router, queue, metrics)
-        self.settings = settings
-        self.consumer = settings.consumer
-        self._field = settings.field.encode()
+    def _setup(self) -> None:
+        self.consumer = self.settings.consumer
+        self._field = self.settings.field.encode()
         self._client: aioredis.Redis | None = None
         self._own_pending: bytes | str | None = "0"
         self._next_claim = 0.0
@@ -290,3 +265,7 @@ class RedisStreamsSource(BrokerSource):
             )
             if not pending:
                 await client.xgroup_delconsumer(settings.stream, settings.group, self.consumer)
+
+
+SOURCE: Final = SourceKind.of(RedisStreamsSource, RedisStreamsSettings, parse_options)
+read_settings = SOURCE.read_settings
