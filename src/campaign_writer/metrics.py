@@ -1,7 +1,8 @@
 """Every metric the writer exports, by its fixed name. Operators script against these.
 
-Names are a contract: ``tests/test_metrics_contract.py`` checks that a running daemon
-exports each one. Counters are bumped per batch or per request, never per record in
+Names are a contract: ``test_every_documented_metric_is_exported`` (in
+``tests/delivery/test_end_to_end.py``) checks that a running daemon exports each one.
+Counters are bumped per batch or per request, never per record in
 a hot loop. Each daemon owns its own registry, so several can run in one process.
 
 ========================================================  =====  ====================
