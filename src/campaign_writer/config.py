@@ -31,6 +31,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
+from .backoff import RetryPolicy
 from .errors import ConfigError
 from .logs import Secret
 from .router import CollectionMode, FieldConfig, RouteConfig, read_routes
@@ -144,15 +145,8 @@ class SenderConfig:
     timeout_s: float = 30.0
 
 
-@dataclass(frozen=True)
-class RetryConfig:
-    max_age_s: float = 3 * 3600.0
-    initial_backoff_s: float = 0.5
-    max_backoff_s: float = 10.0
-    record_failures: int = 3
-    suspect_after: int = 4
-    fault_pause_initial_s: float = 1.0
-    fault_pause_max_s: float = 60.0
+# The [retry] section is delivery's retry policy itself, read as it is.
+RetryConfig = RetryPolicy
 
 
 @dataclass(frozen=True)

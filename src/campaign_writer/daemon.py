@@ -25,7 +25,7 @@ from .admin import AdminServer
 from .auth import Authenticator, create_authenticator
 from .batcher import Batcher
 from .config import Config, split_listen
-from .dispatcher import Dispatcher, RetryPolicy
+from .dispatcher import Dispatcher
 from .errors import AuthError, CampaignError, CampaignWriterError
 from .logs import get_logger
 from .metrics import Metrics
@@ -142,15 +142,7 @@ class Daemon:
             self.client,
             self.auth,
             batcher,
-            retry=RetryPolicy(
-                config.retry.max_age_s,
-                config.retry.initial_backoff_s,
-                config.retry.max_backoff_s,
-                record_failures=config.retry.record_failures,
-                suspect_after=config.retry.suspect_after,
-                fault_pause_initial_s=config.retry.fault_pause_initial_s,
-                fault_pause_max_s=config.retry.fault_pause_max_s,
-            ),
+            retry=config.retry,
             max_in_flight=config.sender.max_in_flight,
             metrics=self.metrics,
         )
