@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 from lxml import etree
 
-from campaign_writer.documents import StagingRecord, build_collection, element_name
+from campaign_writer.campaign.documents import StagingRecord, build_collection, element_name
 
 SCHEMA = "dem:sampleTableStg"
 ATTRS = ("id", "testcol1", "testcol2", "email", "firstName", "lastName", "points", "birthDate")

@@ -28,7 +28,7 @@ import time
 
 import aiohttp
 
-from campaign_writer import soap
+from campaign_writer.campaign import soap
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 LISTENING = re.compile(rb"simulator listening on (\S+)")

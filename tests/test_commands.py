@@ -11,11 +11,11 @@ from typing import Any
 import orjson
 import pytest
 
+from campaign_writer.campaign.documents import decode_record
 from campaign_writer.cli import build_parser, main
 from campaign_writer.commands import send
 from campaign_writer.config import load
 from campaign_writer.deadletter import DeadLetterStore
-from campaign_writer.documents import decode_record
 from campaign_writer.metrics import Metrics
 from campaign_writer.queue import DurableQueue
 from campaign_writer.router import Router

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from campaign_writer import sources
+from campaign_writer.campaign.soap import DEFAULT_URNS
 from campaign_writer.config import Config, from_mapping, load
 from campaign_writer.errors import ConfigError
 from campaign_writer.logs import Secret
 from campaign_writer.settings import parse_duration, parse_size, split_listen
-from campaign_writer.soap import DEFAULT_URNS
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "example.toml"

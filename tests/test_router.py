@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
+from campaign_writer.campaign.documents import build_entity, decode_record
 from campaign_writer.config import Config, from_mapping, load
-from campaign_writer.documents import build_entity, decode_record
 from campaign_writer.errors import RecordError
 from campaign_writer.router import Router
 
@@ -279,8 +279,8 @@ must = { required = true, default = "x" }
 
 def plain_map(router: Router, event: dict[str, Any]) -> tuple[str | None, str]:
     """The field rules of the module docstring, one step at a time, for comparison."""
-    from campaign_writer.documents import render_fragment
-    from campaign_writer.xtktypes import cast
+    from campaign_writer.campaign.documents import render_fragment
+    from campaign_writer.campaign.xtktypes import cast
 
     config = router.routes[0]
     operation = event.get("op") or None

@@ -10,9 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from campaign_writer.campaign.xtktypes import (
+    INTEGER_RANGES,
+    XTK_TYPES,
+    cast,
+    caster,
+    format_datetime,
+)
 from campaign_writer.errors import RecordError, XmlTextError
 from campaign_writer.simulator.xtktypes import check_for
-from campaign_writer.xtktypes import INTEGER_RANGES, XTK_TYPES, cast, caster, format_datetime
 
 ACCEPTED = [
     ("string", "hello", "hello"),

@@ -3,8 +3,8 @@
 This is the approach Adobe warns against, written the way a first integration
 usually is: every event becomes its own SOAP call, and an
 ``asyncio_throttle.Throttler(rate_limit=tps, period=1)`` keeps the calls under the
-limit. Envelopes come from :mod:`campaign_writer.soap` and answers are read with
-:func:`campaign_writer.outcome.classify`, so the peer speaks the protocol exactly as
+limit. Envelopes come from :mod:`campaign_writer.campaign.soap` and answers are read with
+:func:`campaign_writer.campaign.outcome.classify`, so the peer speaks the protocol exactly as
 well as the writer does; only the batching and the rate control differ.
 
 On 429 the worker waits for ``Retry-After`` (1 s without one) and tries again; a
@@ -30,9 +30,9 @@ import aiohttp
 import orjson
 from asyncio_throttle import Throttler
 
-from campaign_writer import soap
-from campaign_writer.documents import StagingRecord, build_entity
-from campaign_writer.outcome import AuthExpired, Ok, Retry, Throttled, classify
+from campaign_writer.campaign import soap
+from campaign_writer.campaign.documents import StagingRecord, build_entity
+from campaign_writer.campaign.outcome import AuthExpired, Ok, Retry, Throttled, classify
 
 __all__ = ["main"]
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .documents import StagingRecord, parse_fragment, render_fragment
+from .campaign.documents import StagingRecord, parse_fragment, render_fragment
 from .evidence import LaneHealth, Strike
 from .records import LaneId
 
@@ -60,7 +60,7 @@ def merge_operations(older: str | None, newer: str | None) -> tuple[bool, str | 
 class Entry:
     """One pending entity: possibly several records merged, with all their queue ids.
 
-    It holds the record's rendered fragment (see :mod:`campaign_writer.documents`);
+    It holds the record's rendered fragment (see :mod:`campaign_writer.campaign.documents`);
     attributes are parsed back only when a newer record of the same key merges in.
     """
 

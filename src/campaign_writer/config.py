@@ -32,13 +32,19 @@ from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from .backoff import RetryPolicy
+from .campaign.soap import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_URNS,
+    METHODS,
+    URN_SPELLINGS,
+    WireOptions,
+)
+from .campaign.xmltext import XmlTextPolicy
 from .errors import ConfigError
 from .logs import Secret
 from .router import CollectionMode, FieldConfig, RouteConfig, read_routes
 from .settings import SECRET_KEYS, Section, describe, split_listen
-from .soap import DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_URNS, METHODS, URN_SPELLINGS, WireOptions
 from .sources import SOURCE_KINDS, SourceConfig, known_kinds, parse_source_options
-from .xmltext import XmlTextPolicy
 
 __all__ = [
     "DEFAULT_IMS_URL",

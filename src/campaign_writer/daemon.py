@@ -22,8 +22,10 @@ from dataclasses import replace
 from typing import Any
 
 from .admin import AdminServer
-from .auth import Authenticator, create_authenticator
 from .batcher import Batcher
+from .campaign.auth import Authenticator, create_authenticator
+from .campaign.client import CampaignClient
+from .campaign.transport import HttpTransport, TlsPolicy, Transport
 from .config import Config, split_listen
 from .dispatcher import Dispatcher
 from .errors import AuthError, CampaignError, CampaignWriterError
@@ -31,11 +33,9 @@ from .logs import get_logger
 from .metrics import Metrics
 from .queue import DurableQueue
 from .router import Router
-from .sender import CampaignClient
 from .sources import build_sources
 from .sources.http import HttpIntake
 from .throttle import TenantThrottle
-from .transport import HttpTransport, TlsPolicy, Transport
 
 __all__ = ["Daemon", "ThrottleFactory"]
 

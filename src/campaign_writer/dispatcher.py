@@ -5,7 +5,7 @@ Two tasks run under the dispatcher:
 * the **feeder** leases records from the durable queue into the batcher, keeping at
   most ``lease_capacity`` records in memory (the rest stay on disk);
 * the **dispatch loop** takes the next due batch, waits for an in-flight slot, and
-  starts a send task. Every call goes through :class:`~campaign_writer.sender.
+  starts a send task. Every call goes through :class:`~campaign_writer.campaign.client.
   CampaignClient`, hence through the one tenant throttle.
 
 How each outcome is settled:
@@ -27,7 +27,7 @@ Fatal          stop sending, keep everything queued, report in /readyz; probe ag
 The in-flight cap (:class:`~campaign_writer.throttle.InFlightLimit`) follows Little's
 law, bounded by ``sender.max_in_flight``. Backoff is :mod:`campaign_writer.backoff`'s.
 A Reject is judged in :mod:`campaign_writer.isolation`. The client builds requests
-and renews an expired session (:meth:`~campaign_writer.sender.CampaignClient.write`).
+and renews an expired session (:meth:`~campaign_writer.campaign.client.CampaignClient.write`).
 """
 
 from __future__ import annotations
@@ -37,16 +37,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from .auth import Authenticator
 from .backoff import Backoff, RetryPolicy
 from .batcher import Batch, Batcher, Entry
+from .campaign.auth import Authenticator
+from .campaign.client import AuthFailed, CampaignClient
+from .campaign.outcome import Fatal, Ok, Reject, Retry, Throttled
 from .errors import QueueError
 from .isolation import Isolation, Refused
 from .logs import get_logger
 from .metrics import Metrics
-from .outcome import Fatal, Ok, Reject, Retry, Throttled
 from .records import LaneId, Leased, RecordDeadLetter
-from .sender import AuthFailed, CampaignClient
 from .throttle import InFlightLimit
 from .wakeup import Wakeup
 

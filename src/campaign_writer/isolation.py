@@ -1,6 +1,6 @@
 """Whose fault is a refusal? Bisection, controls and verdicts for delivery.
 
-When Campaign refuses a call (a :class:`~campaign_writer.outcome.Reject`), the
+When Campaign refuses a call (a :class:`~campaign_writer.campaign.outcome.Reject`), the
 dispatcher hands the batch here. :meth:`Isolation._isolate` splits it until the
 records at fault fail alone while others succeed; :meth:`Isolation._judge` strikes
 a record refused alone, and dead-letters it once the evidence holds (see
@@ -21,17 +21,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .batcher import Batch, Batcher, Entry, Lane
-from .codes import names_a_record
+from .campaign.codes import names_a_record
+from .campaign.outcome import Ok, Reject
 from .errors import AuthError, TransportError
 from .evidence import Strike
 from .logs import get_logger
 from .metrics import Metrics
-from .outcome import Ok, Reject
 
 if TYPE_CHECKING:
-    from .auth import Authenticator
     from .backoff import RetryPolicy
-    from .sender import CampaignClient
+    from .campaign.auth import Authenticator
+    from .campaign.client import CampaignClient
 
 __all__ = ["CONTROLS", "MAX_STRIKES", "TAIL_RECORDS", "TAIL_WINDOW_S", "Isolation", "Refused"]
 

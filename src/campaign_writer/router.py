@@ -32,12 +32,12 @@ from typing import Any, Final, Literal, NamedTuple, Protocol
 
 import orjson
 
-from .documents import OPERATIONS, render_fragment
+from .campaign.documents import OPERATIONS, render_fragment
+from .campaign.xmltext import XmlTextPolicy, check_name, check_qualified_name, quote_attribute
+from .campaign.xtktypes import TEXT_TYPES, XTK_TYPES, Caster, caster, json_type, text_length
 from .errors import ConfigError, RecordError
 from .records import LaneId, QueueItem
 from .settings import MISSING, Section, describe
-from .xmltext import XmlTextPolicy, check_name, check_qualified_name, quote_attribute
-from .xtktypes import TEXT_TYPES, XTK_TYPES, Caster, caster, json_type, text_length
 
 __all__ = [
     "ROUTE_METHODS",

@@ -1,7 +1,7 @@
 """An in-memory Campaign for tests: :class:`FakeTransport` and the replies that script it.
 
 The writer reaches Campaign, and IMS, only through a
-:class:`~campaign_writer.transport.Transport`. ``FakeTransport`` is one that never
+:class:`~campaign_writer.campaign.transport.Transport`. ``FakeTransport`` is one that never
 touches the network. It answers each request with the first of:
 
 1. the next reply scripted for the request's SOAP method (``script("Ingest", ...)``),
@@ -11,7 +11,7 @@ touches the network. It answers each request with the first of:
 3. :meth:`FakeTransport.accept`: a Campaign that takes everything (Logon gives fresh
    tokens, Ingest one UUID per record, IMS a token, a GET an HTTP 200).
 
-A reply is an :class:`~campaign_writer.transport.HttpResponse` (built with
+A reply is an :class:`~campaign_writer.campaign.transport.HttpResponse` (built with
 :func:`ok`, :func:`fault`, :func:`throttled`, :func:`session_expired`, :func:`http`...)
 or an exception, raised instead of answering: :func:`reset` and :func:`timeout` give
 the :class:`~campaign_writer.errors.TransportError` that ``HttpTransport`` raises when
@@ -19,7 +19,7 @@ a connection is reset or an answer does not come in time. Every request is kept,
 order, in :attr:`FakeTransport.requests`, with its SOAP method (from SOAPAction), its
 headers and its body.
 
-Testing a setup: the daemon, :class:`~campaign_writer.sender.CampaignClient` and the
+Testing a setup: the daemon, :class:`~campaign_writer.campaign.client.CampaignClient` and the
 authenticators all take a transport. For instance::
 
     from campaign_writer.daemon import Daemon
@@ -62,8 +62,8 @@ from xml.sax.saxutils import escape
 
 import orjson
 
+from .campaign.transport import HttpResponse
 from .errors import TransportError
-from .transport import HttpResponse
 
 __all__ = [
     "ANY",
@@ -248,7 +248,7 @@ def timeout(seconds: float = 30.0) -> TransportError:
 
 
 class FakeTransport:
-    """A :class:`~campaign_writer.transport.Transport` that answers in memory.
+    """A :class:`~campaign_writer.campaign.transport.Transport` that answers in memory.
 
     ``handler`` answers what no script does (see the module docstring); ``clock``
     stamps each request's ``at``; ``latency_s`` is slept (``asyncio.sleep``) before

@@ -8,10 +8,10 @@ import logging
 
 import pytest
 
+from campaign_writer.campaign.outcome import AuthExpired, Ok
+from campaign_writer.campaign.soap import Credentials, Param
 from campaign_writer.errors import AuthError, TransportError
 from campaign_writer.logs import JsonFormatter, Secret
-from campaign_writer.outcome import AuthExpired, Ok
-from campaign_writer.soap import Credentials, Param
 from tests.support.clock import FakeClock
 from tests.support.simulator import SimulatorHandle
 from tests.support.stack import Stack, auth_fields

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from campaign_writer.batcher import Batch, Batcher, Entry, LaneId, merge_operations
-from campaign_writer.documents import StagingRecord
+from campaign_writer.campaign.documents import StagingRecord
 
 LANE = LaneId("dem:sampleTableStg", "IngestExt")
 OTHER = LaneId("nms:recipient", "WriteCollection")

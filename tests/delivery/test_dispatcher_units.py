@@ -24,17 +24,17 @@ from pathlib import Path
 import orjson
 import pytest
 
-from campaign_writer.auth import SessionAuth
 from campaign_writer.backoff import RetryPolicy
 from campaign_writer.batcher import Batcher
+from campaign_writer.campaign.auth import SessionAuth
+from campaign_writer.campaign.client import CampaignClient
+from campaign_writer.campaign.documents import render_fragment
 from campaign_writer.deadletter import DeadLetterStore
 from campaign_writer.dispatcher import Dispatcher
-from campaign_writer.documents import render_fragment
 from campaign_writer.logs import Secret
 from campaign_writer.metrics import Metrics
 from campaign_writer.queue import DurableQueue, QueueItem
 from campaign_writer.records import LaneId
-from campaign_writer.sender import CampaignClient
 from campaign_writer.testing import (
     FakeRequest,
     FakeTransport,

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from campaign_writer.auth import ImsAuth, ImsTokenSource
+from campaign_writer.campaign.auth import ImsAuth, ImsTokenSource
+from campaign_writer.campaign.client import CampaignClient
+from campaign_writer.campaign.outcome import AuthExpired, Ok, Reject, Retry, Throttled
+from campaign_writer.campaign.soap import Credentials, Param, parse_uuids
+from campaign_writer.campaign.transport import HttpTransport, Transport
 from campaign_writer.daemon import Daemon
 from campaign_writer.errors import TransportError
 from campaign_writer.logs import Secret
-from campaign_writer.outcome import AuthExpired, Ok, Reject, Retry, Throttled
-from campaign_writer.sender import CampaignClient
-from campaign_writer.soap import Credentials, Param, parse_uuids
 from campaign_writer.testing import (
     ANY,
     FakeRequest,
@@ -29,7 +30,6 @@ from campaign_writer.testing import (
     timeout,
 )
 from campaign_writer.throttle import TenantThrottle
-from campaign_writer.transport import HttpTransport, Transport
 from tests.support.clock import FakeClock
 from tests.support.writer import post_events, sample_events, wait_for, writer_config
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from lxml import etree
 
-from campaign_writer.documents import (
+from campaign_writer.campaign.documents import (
     StagingRecord,
     build_collection,
     decode_record,

@@ -6,8 +6,7 @@ import email.utils
 
 import pytest
 
-from campaign_writer.errors import AuthError, ResponseError, TransportError
-from campaign_writer.outcome import (
+from campaign_writer.campaign.outcome import (
     AuthExpired,
     Fatal,
     Ok,
@@ -17,6 +16,7 @@ from campaign_writer.outcome import (
     classify,
     parse_retry_after,
 )
+from campaign_writer.errors import AuthError, ResponseError, TransportError
 
 from . import samples
 

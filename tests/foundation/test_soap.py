@@ -9,9 +9,8 @@ from urllib.parse import unquote
 import pytest
 from lxml import etree
 
-from campaign_writer.documents import StagingRecord, build_collection
-from campaign_writer.errors import AuthError, ResponseError
-from campaign_writer.soap import (
+from campaign_writer.campaign.documents import StagingRecord, build_collection
+from campaign_writer.campaign.soap import (
     DEFAULT_URNS,
     LITERAL_XML_NS,
     METHODS,
@@ -29,6 +28,7 @@ from campaign_writer.soap import (
     parse_uuids,
     parse_xml,
 )
+from campaign_writer.errors import AuthError, ResponseError
 
 from . import samples
 

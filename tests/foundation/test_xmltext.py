@@ -7,9 +7,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from lxml import etree
 
-from campaign_writer.documents import StagingRecord, build_entity
-from campaign_writer.errors import ConfigError, XmlTextError
-from campaign_writer.xmltext import (
+from campaign_writer.campaign.documents import StagingRecord, build_entity
+from campaign_writer.campaign.xmltext import (
     _FORBIDDEN,
     _NEEDS_WORK,
     check_name,
@@ -18,6 +17,7 @@ from campaign_writer.xmltext import (
     is_name,
     quote_attribute,
 )
+from campaign_writer.errors import ConfigError, XmlTextError
 
 # Every code point, surrogates included: Python strings can hold lone surrogates
 # (from JSON "\ud800" escapes, for instance), and those must be handled too.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 
-from campaign_writer.documents import StagingRecord, encode_record
+from campaign_writer.campaign.documents import StagingRecord, encode_record
 from campaign_writer.queue import QueueItem
 from campaign_writer.queue.file import SQL_SET_TOTALS, SQL_TOTALS, insert_records, open_connection
 

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from campaign_writer.codes import CODES, CodeClass
+from campaign_writer.campaign.codes import CODES, CodeClass
 from campaign_writer.deadletter import DeadLetterStore
 from tests.reliability.conftest import Figures
 from tests.reliability.support import WriterProc, base_tree

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from campaign_writer import soap
-from campaign_writer.outcome import Retry
+from campaign_writer.campaign import soap
+from campaign_writer.campaign.outcome import Retry
 from tests.reliability.conftest import Figures
 from tests.reliability.support import WriterProc, base_tree, peak_rss_kib
 from tests.support.stack import Stack, auth_fields

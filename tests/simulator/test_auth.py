@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from campaign_writer import soap
-from campaign_writer.outcome import AuthExpired, Fatal, Ok
+from campaign_writer.campaign import soap
+from campaign_writer.campaign.outcome import AuthExpired, Fatal, Ok
 from campaign_writer.simulator.codes import INVALID_LOGIN, SESSION_EXPIRED
 from tests.support.simulator import FakeClock
 

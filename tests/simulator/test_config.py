@@ -7,8 +7,8 @@ from importlib.resources import files
 
 import pytest
 
+from campaign_writer.campaign.outcome import Ok, Reject
 from campaign_writer.errors import ConfigError
-from campaign_writer.outcome import Ok, Reject
 from campaign_writer.simulator import FaultWindow, SimulatorConfig, load_config
 from campaign_writer.simulator.config import apply_changes
 

@@ -9,8 +9,8 @@ import time
 import aiohttp
 import pytest
 
-from campaign_writer import soap
-from campaign_writer.outcome import AuthExpired, Fatal, Ok, Reject, Retry, Throttled
+from campaign_writer.campaign import soap
+from campaign_writer.campaign.outcome import AuthExpired, Fatal, Ok, Reject, Retry, Throttled
 from tests.support.simulator import FakeClock
 
 STG = "dem:sampleTableStg"

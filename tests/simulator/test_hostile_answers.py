@@ -8,7 +8,7 @@ import time
 import aiohttp
 import pytest
 
-from campaign_writer import soap
+from campaign_writer.campaign import soap
 from campaign_writer.errors import ConfigError
 from campaign_writer.simulator import SimulatorConfig
 from campaign_writer.simulator.config import apply_changes

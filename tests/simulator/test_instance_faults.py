@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from campaign_writer import soap
+from campaign_writer.campaign import soap
 from tests.support.simulator import FAST, FakeClock
 
 STG = "dem:sampleTableStg"

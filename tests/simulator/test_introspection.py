@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from campaign_writer.outcome import Ok
+from campaign_writer.campaign.outcome import Ok
 
 STG = "dem:sampleTableStg"
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from campaign_writer.outcome import Throttled
+from campaign_writer.campaign.outcome import Throttled
 from campaign_writer.simulator.limits import (
     ConcurrencyGate,
     FixedWindow,

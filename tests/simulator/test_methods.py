@@ -6,8 +6,8 @@ import re
 
 from lxml import etree
 
-from campaign_writer import soap
-from campaign_writer.outcome import Ok, Reject
+from campaign_writer.campaign import soap
+from campaign_writer.campaign.outcome import Ok, Reject
 from campaign_writer.simulator.codes import COLLECTION_UNSUPPORTED
 
 STG = "dem:sampleTableStg"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from campaign_writer.outcome import Ok
+from campaign_writer.campaign.outcome import Ok
 
 STG = "dem:sampleTableStg"
 

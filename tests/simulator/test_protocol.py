@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from lxml import etree
 
-from campaign_writer import soap
-from campaign_writer.outcome import AuthExpired, Fatal, Ok, Reject
+from campaign_writer.campaign import soap
+from campaign_writer.campaign.outcome import AuthExpired, Fatal, Ok, Reject
 from campaign_writer.simulator.codes import METHOD_UNKNOWN, SESSION_EXPIRED
 
 XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from campaign_writer import soap
+from campaign_writer.campaign import soap
 
 STG = "dem:sampleTableStg"
 EXECUTING = "Error while executing the method '{}' of service 'xtk:persist|xtk:session'."

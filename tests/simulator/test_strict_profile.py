@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from campaign_writer import soap
+from campaign_writer.campaign import soap
 from campaign_writer.commands import simulate
 from campaign_writer.errors import ConfigError
 from campaign_writer.simulator import SimulatorConfig, load_config

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from campaign_writer import soap
-from campaign_writer.outcome import Fatal, Ok, Reject
+from campaign_writer.campaign import soap
+from campaign_writer.campaign.outcome import Fatal, Ok, Reject
 from campaign_writer.simulator.codes import (
     ACCESS_DENIED,
     BAD_VALUE,

@@ -21,8 +21,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from campaign_writer import soap
-from campaign_writer.outcome import Outcome, classify
+from campaign_writer.campaign import soap
+from campaign_writer.campaign.outcome import Outcome, classify
 from campaign_writer.simulator import Simulator, SimulatorConfig
 from campaign_writer.simulator.config import apply_changes
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from campaign_writer.auth import Authenticator, create_authenticator
+from campaign_writer.campaign.auth import Authenticator, create_authenticator
+from campaign_writer.campaign.client import CampaignClient
+from campaign_writer.campaign.transport import HttpTransport, TlsPolicy
 from campaign_writer.logs import Secret
 from campaign_writer.metrics import Metrics
-from campaign_writer.sender import CampaignClient
 from campaign_writer.throttle import TenantThrottle
-from campaign_writer.transport import HttpTransport, TlsPolicy
 
 
 @dataclass

@@ -126,7 +126,7 @@ async def _post_all(
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
-    from ..transport import HttpTransport
+    from ..campaign.transport import HttpTransport
 
     headers = {"Content-Type": "application/x-ndjson"}
     if token:

@@ -1,6 +1,6 @@
 """The Campaign error codes the simulator puts in its faults, kept apart from the writer's.
 
-The writer classifies faults with its own table (:mod:`campaign_writer.codes`); the
+The writer classifies faults with its own table (:mod:`campaign_writer.campaign.codes`); the
 simulator keeps this one so that a mistake on one side is not hidden by the same
 mistake on the other. Codes marked *seen* appear in Adobe's docs, Adobe's SDK or
 captured traffic (``campaign-protocol.md`` section 5.3). Codes marked **invented**

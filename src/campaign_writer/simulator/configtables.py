@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..campaign.xmltext import check_name, check_qualified_name
 from ..errors import ConfigError
-from ..xmltext import check_name, check_qualified_name
 from .faults import WINDOW_KINDS, FaultWindow
 from .schemas import AttributeSpec, SchemaSpec
 from .xtktypes import XTK_TYPES

@@ -32,8 +32,8 @@ from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
 
+from ..campaign.soap import ENCODING_NS, LITERAL_XML_NS, SOAP_ENV_NS, parse_xml
 from ..errors import ResponseError
-from ..soap import ENCODING_NS, LITERAL_XML_NS, SOAP_ENV_NS, parse_xml
 from .faults import SimFault
 
 __all__ = [

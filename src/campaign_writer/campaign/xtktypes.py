@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Callable
 from typing import Final
 
-from .errors import RecordError
+from ..errors import RecordError
 from .xmltext import XmlTextPolicy, clean_text
 
 __all__ = [

@@ -16,12 +16,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
+from ..errors import AuthError, CampaignError, TransportError
+from ..metrics import Metrics
+from ..throttle import TenantThrottle
 from .documents import fragments_document
-from .errors import AuthError, CampaignError, TransportError
-from .metrics import Metrics
 from .outcome import AuthExpired, Outcome, Retry, Throttled, classify
 from .soap import DEFAULT_MAX_RESPONSE_BYTES, Credentials, Param, WireOptions, build_request
-from .throttle import TenantThrottle
 from .transport import Transport
 
 __all__ = ["AuthFailed", "CallResult", "CampaignClient", "Credentialed", "Written"]
@@ -34,7 +34,7 @@ class CallResult(NamedTuple):
 
 
 class Credentialed(Protocol):
-    """What :meth:`CampaignClient.write` needs of :class:`campaign_writer.auth.Authenticator`."""
+    """What :meth:`CampaignClient.write` needs of an :class:`~.auth.Authenticator`."""
 
     async def credentials(self) -> Credentials: ...
     async def renew(self, stale: Credentials) -> Credentials: ...

@@ -25,11 +25,11 @@ from urllib.parse import urlencode
 
 import orjson
 
-from .errors import AuthError, TransportError
-from .logs import Secret, get_logger, register_secret
-from .metrics import Metrics
+from ..errors import AuthError, TransportError
+from ..logs import Secret, get_logger, register_secret
+from ..metrics import Metrics
+from .client import CampaignClient
 from .outcome import Fatal, Ok, Reject, Retry, Throttled
-from .sender import CampaignClient
 from .soap import Credentials, Param, parse_logon
 from .transport import Transport
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from .errors import ConfigError, XmlTextError
+from ..errors import ConfigError, XmlTextError
 
 __all__ = [
     "XmlTextPolicy",

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 from lxml import etree
 
-from .errors import AuthError, ResponseError
+from ..errors import AuthError, ResponseError
 
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",

@@ -20,8 +20,8 @@ from typing import NamedTuple, Protocol
 
 import aiohttp
 
-from .errors import ResponseError, TransportError
-from .logs import get_logger
+from ..errors import ResponseError, TransportError
+from ..logs import get_logger
 
 __all__ = ["HttpResponse", "HttpTransport", "TlsPolicy", "Transport", "ssl_context"]
 

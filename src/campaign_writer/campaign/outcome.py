@@ -17,7 +17,7 @@
   not allowed, access denied, an unknown method or URL, with or without a code.
 
 A fault is read for everything it carries: its codes, then the words of faultstring
-and detail (:mod:`campaign_writer.codes`), then the HTTP status. Campaign faults
+and detail (:mod:`campaign_writer.campaign.codes`), then the HTTP status. Campaign faults
 arrive with HTTP 200, 500, 403 or 401, so the body is always read first. Backoff
 timing lives elsewhere; nothing here sleeps or touches the network.
 """
@@ -30,8 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from ..errors import CampaignWriterError, ResponseError
 from .codes import CODES, CodeClass, text_class
-from .errors import CampaignWriterError, ResponseError
 from .soap import DEFAULT_MAX_RESPONSE_BYTES, NotSoap, SoapFault, SoapResponse, parse_body
 
 __all__ = [
