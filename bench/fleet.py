@@ -5,7 +5,7 @@ A *fleet* subject is a group of ``campaign-writer run`` processes started togeth
 against the same simulator, each with its own queue file and its own role:
 
 * ``backlog``: restarts on a copy of the invocation's backlog queue file;
-* ``light``: an empty queue, fed Poisson arrivals over HTTP at ``light_events_per_s``
+* ``light``: an empty queue, fed Poisson arrivals over HTTP at ``light_rate`` events/s
   (a few calls per second: each linger sends what came);
 * ``idle``: an empty queue, fed nothing (it still runs, and a shared budget sees it).
 
@@ -152,7 +152,7 @@ class _Fleet:
         self.bench, self.case, self.subject, self.repeat = bench, case, subject, repeat
         self.members: list[WriterSubject] = []
         self.roles: list[str] = list(case.extra["roles"])
-        self.feeders: list[Feeder] = []
+        self.feeders: dict[int, Feeder] = {}
 
     def _logs(self) -> Path:
         return self.bench.out / "logs" / self.case.name.replace("/", "-")
@@ -190,19 +190,19 @@ class _Fleet:
             await asyncio.sleep(SAMPLE_EVERY_S)
 
     async def feed_light(self, seconds: float) -> None:
-        rate = float(self.case.extra.get("light_events_per_s", 2.0))
+        rate = float(self.case.extra.get("light_rate", 2.0))
         jobs = []
         for index, (member, role) in enumerate(zip(self.members, self.roles, strict=True)):
             if role != "light":
                 continue
             feeder = Feeder(HttpSink(member.intake_url), Events(), concurrency=2)
-            self.feeders.append(feeder)
+            self.feeders[index] = feeder
             jobs.append(feeder.poisson(rate, seconds, seed=self.repeat * 10 + index + 1))
         await asyncio.gather(*jobs)
 
     async def stop(self) -> list[dict[str, Any]]:
         finals = await asyncio.gather(*(m.stop() for m in self.members), return_exceptions=True)
-        for feeder in self.feeders:
+        for feeder in self.feeders.values():
             with contextlib.suppress(Exception):
                 await feeder.sink.close()  # type: ignore[attr-defined]
         for member in self.members:
@@ -295,7 +295,16 @@ async def one_fleet_run(
         "final": {},
         "cpu_s": sum(c for c in cpu if c is not None),
         "peak_rss_mb": max((s.peak_rss_mb for s in cpu1 if s is not None), default=None),
-        "sent": sum(f.sent for f in fleet.feeders),
+        "sent": sum(f.sent for f in fleet.feeders.values()),
+        "fed": {
+            str(index): {
+                "sent": feeder.sent,
+                "error": repr(feeder.error) if feeder.error else None,
+                "answers": getattr(feeder.sink, "answers", None),
+                "refused": getattr(feeder.sink, "refused", None),
+            }
+            for index, feeder in fleet.feeders.items()
+        },
         "calls": await sim.calls(seq0),
     }
 

@@ -246,7 +246,7 @@ def _fleet_cases(mode: str) -> dict[str, list[Case]]:
             "3 writers, uneven load: one idle, one lightly loaded (Poisson, 2 events/s: about "
             "2 calls/s), one with a backlog: can the busy one use what the others leave?"
         ),
-        extra={"roles": ("idle", "light", "backlog"), "light_events_per_s": 2.0},
+        extra={"roles": ("idle", "light", "backlog"), "light_rate": 2.0},
     )
     loss = replace(
         backlog,

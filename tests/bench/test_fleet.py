@@ -169,3 +169,14 @@ def test_auto_limit_figures_time_the_search_and_each_change() -> None:
     assert figures["utilisation_after_rise"] == pytest.approx(1.0)
     assert figures["learned_limit_end"] == 19.5
     assert figures["throttled_ratio_run"] == pytest.approx(11 / len(calls))
+
+
+def test_scaling_shortens_the_fleet_timings_but_not_the_light_load() -> None:
+    """--scale multiplies when Redis dies and how long it stays down, not the light rate."""
+    from bench.runner import scaled
+
+    loss, uneven = case("scale-out/redis-loss"), case("scale-out/uneven")
+    half = scaled(loss, 0.5)
+    assert half.extra["redis_kill_s"] == loss.extra["redis_kill_s"] / 2
+    assert half.extra["redis_down_s"] == loss.extra["redis_down_s"] / 2
+    assert scaled(uneven, 0.4).extra["light_rate"] == uneven.extra["light_rate"]
