@@ -323,7 +323,7 @@ def _budget_figures(run: dict[str, Any]) -> dict[str, Any]:
     known = False
     for member in run["members"]:
         throttle = _last_throttle(member)
-        if "redis_round_trips" in throttle:
+        if throttle.get("budget") in ("shared", "fallback"):
             known = True
             trips += throttle.get("redis_round_trips") or 0
             admitted += throttle.get("calls_admitted") or 0

@@ -35,10 +35,11 @@ def case(name: str, mode: str = "quick"):
 
 
 def member(role: str, throttle: dict | None, *, fallback_at: float | None = None) -> dict:
-    samples = [{"t": 1.0, "throttle": throttle and {**throttle, "budget": "shared"}}]
+    shared = throttle and {"budget": "shared", **throttle}
+    samples = [{"t": 1.0, "throttle": shared}]
     if fallback_at is not None:
         samples.append({"t": fallback_at, "throttle": {"budget": "fallback"}})
-    samples.append({"t": 30.0, "throttle": throttle})
+    samples.append({"t": 30.0, "throttle": shared})
     return {"role": role, "final": {}, "cpu_s": 1.0, "samples": samples}
 
 
@@ -110,11 +111,16 @@ def test_fleet_figures_from_the_call_log_and_the_members_stats() -> None:
     assert figures["window_s"] == 20
 
 
-def test_round_trips_are_unknown_when_the_writers_do_not_report_them() -> None:
-    """A writer without a shared budget in its stats gives no round-trip figure, not 0."""
-    figures = run_figures(case("scale-out"), fleet_run(evenly(0, 25, 20), [member("x", None)], 25))
+def test_round_trips_are_unknown_without_a_shared_budget() -> None:
+    """A writer that reports no budget, or a local one, gives no round-trip figure, not 0."""
+    calls = evenly(0, 25, 20)
+    figures = run_figures(case("scale-out"), fleet_run(calls, [member("x", None)], 25))
     assert figures["redis_round_trips_per_call"] is None
     assert figures["fallback_members"] is None
+    local = member("x", {"budget": "local", "redis_round_trips": 0, "calls_admitted": 500})
+    figures = run_figures(case("scale-out"), fleet_run(calls, [local], 25))
+    assert figures["redis_round_trips_per_call"] is None
+    assert figures["fallback_members"] == 0
 
 
 def test_redis_loss_figures_count_the_loss_and_time_the_recovery() -> None:
