@@ -285,7 +285,17 @@ def _fleet_cases(mode: str) -> dict[str, list[Case]]:
         figures=AUTO,
         extra={"roles": ("backlog",)},
     )
-    return {"scale-out": [backlog, uneven, loss], "auto-limit": [auto]}
+    together = replace(
+        auto,
+        name="auto-limit/shared",
+        description=(
+            'Three writers with backlogs, tps_limit = "auto" and one budget through Redis: '
+            "they learn one limit together (same tenant limits and figures as auto-limit)."
+        ),
+        subjects=("auto",),
+        extra={"roles": ("backlog", "backlog", "backlog")},
+    )
+    return {"scale-out": [backlog, uneven, loss], "auto-limit": [auto, together]}
 
 
 def build_cases(mode: str) -> dict[str, list[Case]]:

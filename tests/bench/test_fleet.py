@@ -87,6 +87,9 @@ def test_members_differ_only_in_how_they_share_the_budget(tmp_path: Path) -> Non
     auto = settings("auto", case("auto-limit"))
     assert auto[-1] == 'campaign.tps_limit="auto"' and not any("budget" in i for i in auto)
     assert settings("known", case("auto-limit")) == settings("storm", case("auto-limit"))
+    together = settings("auto", case("auto-limit/shared"))  # three learn one limit
+    assert 'campaign.tps_limit="auto"' in together
+    assert 'campaign.budget.name="bench-run-1"' in together
 
 
 def test_fleet_figures_from_the_call_log_and_the_members_stats() -> None:
