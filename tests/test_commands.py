@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -391,3 +393,39 @@ async def test_send_waits_out_a_full_queue(
         await asyncio.gather(delivery, return_exceptions=True)
         await intake.close()
         await queue.close()
+
+
+# --- broker clients are extras -----------------------------------------------------------
+
+KAFKA_SOURCE = """
+[[sources]]
+kind = "kafka"
+name = "events-kafka"
+bootstrap_servers = ["127.0.0.1:9092"]
+topics = ["campaign-events"]
+group = "campaign-writer"
+"""
+
+# Runs the CLI with the Kafka client made unimportable, as on an install without the extra.
+WITHOUT_AIOKAFKA = (
+    "import sys; sys.modules['aiokafka'] = None; "
+    "from campaign_writer.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_source_whose_client_is_missing_names_the_extra(tmp_path: Path, command: str) -> None:
+    """A config with a Kafka source, without aiokafka, is refused naming the 'kafka' extra."""
+    path = write_config(tmp_path, "kafka.toml", FIXED_ROUTES + KAFKA_SOURCE)
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_AIOKAFKA, command, "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "sources[0].kind: 'kafka' sources need the 'kafka' extra" in output
+    assert "pip install 'campaign-writer[kafka]'" in output
+    assert "Traceback" not in output
