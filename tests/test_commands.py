@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import subprocess
 import sys
-import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,22 @@ def test_validate_accepts_the_example_and_exits_zero(capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert f"{EXAMPLE}: OK" in out
     assert "sample -> dem:sampleTableStg (Ingest)" in out
+
+
+def test_validate_shows_where_each_value_came_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`validate` lists each key with its value and origin: file, env, --set or default."""
+    path = write_config(tmp_path, "origins.toml", FIXED_ROUTES)
+    monkeypatch.setenv("CAMPAIGN_WRITER__BATCH__LINGER_MS", "75")
+    assert main(["validate", "--config", str(path), "--set", "sender.max_in_flight=8"]) == 0
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    assert "campaign.url = 'http://127.0.0.1:8081'  (file)" in lines
+    assert "batch.linger_ms = 75  (env CAMPAIGN_WRITER__BATCH__LINGER_MS)" in lines
+    assert "sender.max_in_flight = 8  (--set)" in lines
+    assert "batch.max_records = 500  (default)" in lines
+    assert "campaign.auth.password = (secret)  (file)" in lines
+    assert "admin" not in "".join(line for line in lines if "password" in line)
 
 
 def test_validate_warns_about_an_ingest_route_without_a_key(
