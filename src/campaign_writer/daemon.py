@@ -101,6 +101,7 @@ class Daemon:
             synchronous=config.queue.synchronous,
             commit_window_s=config.queue.commit_window_ms / 1000,
         )
+        self.metrics.queue_max_bytes.set(config.queue.max_bytes)
         router = self.router = Router(config.routes, config.intake.invalid_xml_chars)
         self.transport = self._given_transport
         if self.transport is None:
@@ -350,6 +351,7 @@ class Daemon:
         self.metrics.queue_depth.set(stats.depth)
         self.metrics.queue_bytes.set(stats.bytes)
         self.metrics.dead_letter_depth.set(stats.dead_letters)
+        self.metrics.queue_oldest_age.set(stats.oldest_age_s or 0.0)
 
     def stats(self) -> dict[str, Any]:
         self._refresh_gauges()
