@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "validate": "validate",
     "send": "send",
     "status": "status",
+    "top": "top",
     "dlq": "dlq",
     "simulate": "simulate",
     "bench": "bench",

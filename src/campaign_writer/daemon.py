@@ -369,6 +369,6 @@ class Daemon:
                 "last_error": self.auth.last_error if self.auth else None,
             },
             "ready": self.readiness(),
-            "campaign": self.campaign_state(),
+            "campaign": {**self.campaign_state(), "tps_limit": self.config.campaign.tps_limit},
             "sources": [getattr(s, "stats", dict)() for s in self.sources],
         }
