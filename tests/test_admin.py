@@ -27,7 +27,7 @@ async def scrape(session: aiohttp.ClientSession, admin_url: str) -> dict[tuple[s
 
 async def test_intake_answers_queue_age_and_capacity_are_exported(tmp_path: Path) -> None:
     """/metrics counts intake answers by status, and shows the oldest record's age, the
-    queue's capacity, the build and the process."""
+    queue's capacity, readiness, auth, the build and the process."""
     config = writer_config(NOWHERE, tmp_path, queue__max_bytes="64MiB")
     async with running_writer(config) as writer, aiohttp.ClientSession() as session:
         assert writer.http is not None and writer.admin is not None
@@ -50,3 +50,7 @@ async def test_intake_answers_queue_age_and_capacity_are_exported(tmp_path: Path
     assert samples[("campaign_writer_queue_oldest_age_seconds", "")] > 0
     assert samples[("campaign_writer_build_info", f"version={__version__}")] == 1
     assert samples[("process_resident_memory_bytes", "")] > 0
+    # Campaign is unreachable, which does not fail readiness; no credentials yet.
+    for check in ("queue", "auth", "delivery"):
+        assert samples[("campaign_writer_readiness", f"check={check}")] == 1
+    assert samples[("campaign_writer_auth_ready", "")] == 0

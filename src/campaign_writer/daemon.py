@@ -345,6 +345,9 @@ class Daemon:
 
     def _refresh_gauges(self) -> None:
         self.campaign_state()
+        for check, problem in self.readiness().items():
+            self.metrics.readiness.labels(check).set(0 if problem else 1)
+        self.metrics.auth_ready.set(1 if self.auth is not None and self.auth.ready else 0)
         if self.queue is None:
             return
         stats = self.queue.stats()

@@ -40,6 +40,8 @@ campaign_writer_intake_responses_total                    ctr    source, status
 campaign_writer_queue_oldest_age_seconds                  gauge
 campaign_writer_queue_max_bytes                           gauge
 campaign_writer_build_info                                gauge  version
+campaign_writer_readiness                                 gauge  check
+campaign_writer_auth_ready                                gauge
 process_*, python_info, python_gc_*                       (prometheus-client's own)
 ========================================================  =====  ====================
 
@@ -55,7 +57,10 @@ only with such a source, so it is not in :data:`METRIC_NAMES` (which every daemo
 exports). ``intake_responses`` counts the HTTP intake's answers by status code
 (``source="http"``), the 503s of a full queue or too many connections included.
 ``queue_oldest_age_seconds`` is 0 when the queue is empty; ``queue_max_bytes`` is
-``queue.max_bytes``. ``build_info`` is 1, labelled with the package version. The
+``queue.max_bytes``. ``readiness`` is 1 per /readyz check that passes (``queue``,
+``auth``, ``delivery``), 0 while it fails (credentials refused, delivery stopped by a
+fatal answer, the queue full); ``auth_ready`` is 1 while the writer holds credentials
+Campaign took. ``build_info`` is 1, labelled with the package version. The
 process (CPU, memory, open files), platform and garbage-collector collectors of
 prometheus-client are registered on each daemon's registry too.
 """
@@ -218,6 +223,8 @@ class Metrics:
             "queue_oldest_age_seconds", "Age of the oldest record in the local queue (0 if empty)"
         )
         self.queue_max_bytes = gauge("queue_max_bytes", "Capacity of the local queue in bytes")
+        self.readiness = gauge("readiness", "1 while this /readyz check passes, else 0", ("check",))
+        self.auth_ready = gauge("auth_ready", "1 while the writer holds credentials Campaign took")
         self.build_info = gauge("build_info", "Always 1; labelled with the version", ("version",))
         self.build_info.labels(__version__).set(1)
         # prometheus-client's own collectors: CPU, memory, open files, Python, GC.
@@ -274,6 +281,8 @@ METRIC_NAMES = (
     "campaign_writer_queue_oldest_age_seconds",
     "campaign_writer_queue_max_bytes",
     "campaign_writer_build_info",
+    "campaign_writer_readiness",
+    "campaign_writer_auth_ready",
     "process_cpu_seconds_total",
     "process_resident_memory_bytes",
     "process_open_fds",
