@@ -55,8 +55,10 @@ config file (--config): TOML, keys as the field names, at top level or under [si
   (--example-config prints one with every key);
   [[users]] login/password/schemas, [[ims_clients]] client_id/client_secret/schemas,
   [[schedule]] kind/start_s/end_s/rate (seconds from start), [schemas."ns:name"] with
-  attributes = {name = {type, length}}, keys = [...], auto_stg = true.
-  Built-in schemas: dem:sampleTable(+Stg), nms:recipient(+Stg).
+  attributes = {name = {type, length}}, keys = [...], auto_stg = true;
+  schema_files = ["x.xml"]: xtk:srcSchema / xtk:schema files as exported from an instance.
+  Built-in schemas: dem:sampleTable(+Stg), nms:recipient(+Stg), nms:subscriptionRcp(+Stg),
+  nms:appSubscriptionRcp(+Stg).
 """
 
 
@@ -72,7 +74,9 @@ def _metavar(name: str, meta: Any) -> str:
         return "SHARE"
     if meta["kind"] in ("int", "int?", "float"):
         return "N"
-    return {"path": "FILE", "methods": "METHODS", "str": "TEXT"}.get(meta["kind"], name.upper())
+    return {"path": "FILE", "methods": "METHODS", "files": "FILES", "str": "TEXT"}.get(
+        meta["kind"], name.upper()
+    )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
