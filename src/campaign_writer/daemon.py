@@ -385,6 +385,10 @@ class Daemon:
 
     def _refresh_gauges(self) -> None:
         self.campaign_state()
+        if self.dispatcher is not None:
+            ages = self.metrics.lane_newest_delivered_age
+            for lane_id, age in self.dispatcher.newest_delivered_ages().items():
+                ages.labels(*lane_id).set(age)
         if self.queue is None:
             return
         stats = self.queue.stats()

@@ -57,6 +57,19 @@ async def test_recipient_preset_upserts_profiles_in_staging(
         await wait_for(lambda: writer.dispatcher.totals["delivered"] == 50)
         assert await post_events(writer.http.url, [update]) == 1
         await wait_for(lambda: writer.dispatcher.totals["delivered"] == 51)
+        # The lane's delivery age, in /v1/stats and as a gauge (enqueue time: seconds).
+        lane = writer.stats()["delivery"]["lanes"]["nms:recipientStg#IngestExt"]
+        assert 0 <= lane["newest_delivered_age_s"] < 60
+        assert writer.admin is not None
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{writer.admin.url}/metrics") as answer,
+        ):
+            exposition = await answer.text()
+        assert (
+            'campaign_writer_lane_newest_delivered_age_seconds{method="IngestExt",'
+            'schema="nms:recipientStg"}' in exposition
+        )
     rows = {row["email"]: row for row in await simulator.records("nms:recipientStg")}
     assert len(rows) == 50
     assert rows["p7@example.com"]["firstName"] == "P7"
