@@ -155,3 +155,16 @@ async def test_replication_runs_on_its_interval(simulator_factory) -> None:
             break
         await asyncio.sleep(0.02)
     assert [r["id"] for r in await simulator.records("dem:sampleTable")] == ["r1"]
+
+
+def test_schema_files_and_replication_are_flags_too() -> None:
+    """`simulate --schema-files A,B --replicate-interval-s N` sets both knobs."""
+    from campaign_writer.cli import build_parser
+    from campaign_writer.commands.simulate import build_config
+
+    args = build_parser().parse_args(
+        ["simulate", "--schema-files", f"{ACME},{ACME}", "--replicate-interval-s", "5"]
+    )
+    config = build_config(args)
+    assert config.schema_files == (str(ACME), str(ACME))
+    assert config.replicate_interval_s == 5.0

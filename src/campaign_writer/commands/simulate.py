@@ -50,6 +50,8 @@ POST /__sim/control fields (JSON object, all optional):
   "revoke_tokens": true     every IMS token is revoked
   "clear_records": true     empty every table
   "reset_stats": true       zero the /__sim/stats counters
+  "replicate_now": true     move staged rows to their source schema now, as an on-demand
+                            StartReplicateStagingData would (replicate_interval_s: on a timer)
 
 config file (--config): TOML, keys as the field names, at top level or under [simulator]
   (--example-config prints one with every key);
@@ -92,7 +94,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
             continue
         default = spec.default
         if isinstance(default, tuple):
-            default = ",".join(default) or "all"
+            default = ",".join(default) or ("none" if meta["kind"] == "files" else "all")
         text = f"{meta['help']} (default: {default})"
         if meta["runtime"]:
             text += " [runtime]"
