@@ -140,6 +140,7 @@ async def test_replication_moves_staged_rows_to_their_source(simulator) -> None:
     assert row["firstName"] == "Anna" and float(row["__replicated_at"]) > 0
     stats = await simulator.stats()
     assert stats["replicated_total"] == 2 and stats["last_replication_at"] is not None
+    assert 0 <= stats["last_replication_max_lag_s"] < 60
 
 
 async def test_replication_runs_on_its_interval(simulator_factory) -> None:

@@ -87,6 +87,7 @@ class Tenant:
         self.clients = {client.client_id: client for client in config.ims_clients}
         self.replicated_total = 0
         self.last_replication_at: float | None = None
+        self.last_replication_max_lag_s: float | None = None
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -161,6 +162,7 @@ class Tenant:
             "last_call_seq": self.log.last_seq,
             "replicated_total": self.replicated_total,
             "last_replication_at": self.last_replication_at,
+            "last_replication_max_lag_s": self.last_replication_max_lag_s,
             "uptime_s": self.clock() - self.started_at,
         }
 
@@ -268,10 +270,12 @@ class Tenant:
     def replicate(self) -> int:
         """One run of the staging replication (see :mod:`.replication`); rows moved."""
         now = self.wall()
-        moved = replicate(self.store, now)
-        self.replicated_total += moved
+        run = replicate(self.store, now)
+        self.replicated_total += run.moved
         self.last_replication_at = now
-        return moved
+        if run.max_lag_s is not None:
+            self.last_replication_max_lag_s = round(run.max_lag_s, 3)
+        return run.moved
 
     def fault_raised(self, fault: SimFault) -> None:
         self.faults_by_kind[fault.kind] += 1
