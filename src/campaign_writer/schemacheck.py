@@ -24,7 +24,7 @@ raise :class:`~.campaign.schemas.SchemaLookupError` for the caller to decide
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -43,6 +43,8 @@ __all__ = [
 ]
 
 Severity = Literal["error", "warning"]
+# Records one finding of the route being checked: severity, message, field (or None).
+_Add = Callable[[Severity, str, "str | None"], None]
 
 # Schema type -> route types it holds exactly, and route types it holds with a loss.
 _INTEGERS = ("byte", "short", "long", "int64")
@@ -140,18 +142,18 @@ def check_routes(routes: Iterable[RouteConfig], schemas: Mapping[str, Lookup]) -
 def _check_route(route: RouteConfig, schemas: Mapping[str, Lookup]) -> list[Finding]:
     found: list[Finding] = []
 
-    def add(severity: Severity, message: str, field: str | None = None) -> None:
+    def add(severity: Severity, message: str, field: str | None) -> None:
         found.append(Finding(severity, route.name, field, message))
 
     schema = schemas.get(route.schema)
     if isinstance(schema, LookupFailed):
-        add("warning", f"could not read schema {route.schema}, not checked: {schema.reason}")
+        add("warning", f"could not read schema {route.schema}, not checked: {schema.reason}", None)
         return found
     if schema is None:
-        add("error", f"the instance has no schema {route.schema}")
+        add("error", f"the instance has no schema {route.schema}", None)
         twin = f"{route.schema}Stg"
         if route.method in _STAGING_METHODS and isinstance(schemas.get(twin), InstanceSchema):
-            add("error", f"{route.method} writes staging schemas: use schema = {twin!r}")
+            add("error", f"{route.method} writes staging schemas: use schema = {twin!r}", None)
         return found
     _check_method(route, schema, schemas, add)
     for spec in route.fields:
@@ -160,7 +162,7 @@ def _check_route(route: RouteConfig, schemas: Mapping[str, Lookup]) -> list[Find
 
 
 def _check_method(
-    route: RouteConfig, schema: InstanceSchema, schemas: Mapping[str, Lookup], add: Any
+    route: RouteConfig, schema: InstanceSchema, schemas: Mapping[str, Lookup], add: _Add
 ) -> None:
     source_id = staging_source(schema.id)
     source = schemas.get(source_id) if source_id else None
@@ -175,6 +177,7 @@ def _check_method(
                 "error",
                 f"{schema.id} is the source of a staging twin; {route.method} writes only"
                 f" staging schemas: use schema = '{schema.id}Stg'",
+                None,
             )
         else:
             add(
@@ -182,6 +185,7 @@ def _check_method(
                 f"{schema.id} has no staging twin ({route.method} writes only <ns>:<name>Stg"
                 ' schemas of a source with autoStg="true"): set autoStg on the source'
                 " schema, or write with WriteCollection",
+                None,
             )
     elif schema.auto_stg or twin:
         target = f"{schema.id}Stg" if schema.auto_stg else schema.id
@@ -190,10 +194,11 @@ def _check_method(
             f"{schema.id} is staged: WriteCollection writes one call per batch straight"
             f" to {'the Cloud DB' if schema.auto_stg else 'the staging table'}; Adobe"
             f" recommends Ingest/IngestExt into {target} for volume",
+            None,
         )
 
 
-def _check_field(route: RouteConfig, spec: FieldConfig, schema: InstanceSchema, add: Any) -> None:
+def _check_field(route: RouteConfig, spec: FieldConfig, schema: InstanceSchema, add: _Add) -> None:
     name = spec.attribute
     attribute = schema.attributes.get(name)
     if attribute is None:
