@@ -318,6 +318,10 @@ async def test_scaffold_refuses_what_it_cannot_read(instance, tmp_path, capsys) 
     assert "has no schema acme:nothingStg" in capsys.readouterr().err
     assert await run("scaffold", "nms:recipient", "--file", str(ACME)) == 1
     assert "holds acme:event, not nms:recipient" in capsys.readouterr().err
+    form = tmp_path / "form.xml"
+    form.write_text('<form namespace="a" name="b"/>')
+    assert await run("scaffold", "a:b", "--file", str(form)) == 1
+    assert "not an exported schema" in capsys.readouterr().err
     plain = tmp_path / "plain.xml"
     plain.write_text('<srcSchema namespace="a" name="b"><element name="b"/></srcSchema>')
     assert await run("scaffold", "a:bStg", "--file", str(plain)) == 1

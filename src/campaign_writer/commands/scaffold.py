@@ -55,6 +55,8 @@ def _print(schema: InstanceSchema, origin: str) -> int:
 def _from_file(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from lxml import etree
+
     from ..campaign.schemas import parse_schema
     from ..campaign.soap import parse_xml
     from ..errors import ResponseError
@@ -63,6 +65,8 @@ def _from_file(args: argparse.Namespace) -> int:
         root = parse_xml(Path(args.file).read_bytes(), 8 * 1024 * 1024)
     except (OSError, ResponseError) as exc:
         return _fail(f"{args.file}: {exc}", 1)
+    if etree.QName(root).localname not in ("srcSchema", "schema"):
+        return _fail(f"{args.file}: not an exported schema (<srcSchema> or <schema>)", 1)
     file_id = f"{root.get('namespace', '')}:{root.get('name', '')}"
     if args.schema not in (file_id, f"{file_id}Stg"):
         return _fail(f"{args.file} holds {file_id}, not {args.schema}", 1)
