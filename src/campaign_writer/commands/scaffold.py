@@ -32,6 +32,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     source.add_argument("--file", metavar="XML", help="read it from an exported schema file")
     parser.add_argument("--config", metavar="FILE", help="TOML config (for --remote)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config key, as `run --set` would (repeatable)",
+    )
 
 
 def execute(args: argparse.Namespace) -> int | Coroutine[Any, Any, int]:
@@ -87,7 +94,7 @@ async def _remote(args: argparse.Namespace) -> int:
     if not args.config:
         return _fail("--remote needs --config FILE (the instance's URL and auth)", 1)
     try:
-        config = load(args.config)
+        config = load(args.config, overrides=args.set)
     except ConfigError as exc:
         return _fail(f"{args.config}: {exc}", 1)
     try:
