@@ -35,12 +35,17 @@ campaign_writer_end_to_end_latency_seconds                hist
 campaign_writer_lane_fault_paused                         gauge  schema, method
 campaign_writer_collection_fallbacks_total                ctr    schema, method
 campaign_writer_partial_collections_total                 ctr    schema, method
+campaign_writer_lane_newest_delivered_age_seconds         gauge  schema, method
 ========================================================  =====  ====================
 
 ``lane_fault_paused`` is 1 while a lane is paused because every record sent on it
 meets the same fault (the instance's fault, not the records'); ``collection_fallbacks``
 counts lanes that went to one record per call; ``partial_collections`` counts Ingest
-collections Campaign stored only in part. ``source_redeliveries`` exists for RabbitMQ
+collections Campaign stored only in part. ``lane_newest_delivered_age_seconds`` is, per
+lane that delivered anything, the time since the newest record Campaign acknowledged was
+taken in (its enqueue time; the writer knows no event time), refreshed at each scrape:
+compare it with the staging replication lag (``ffdaReplicateStagingData``) to see when a
+record reaches the Cloud DB. ``source_redeliveries`` exists for RabbitMQ
 sources only, so it is not in :data:`METRIC_NAMES` (which every daemon exports).
 """
 
@@ -190,6 +195,11 @@ class Metrics:
             "Ingest collections Campaign stored only in part",
             ("schema", "method"),
         )
+        self.lane_newest_delivered_age = gauge(
+            "lane_newest_delivered_age_seconds",
+            "Seconds since the intake of the newest record Campaign acknowledged on a lane",
+            ("schema", "method"),
+        )
         self.call_latency = Histogram(
             prefix + "call_latency_seconds",
             "Campaign call latency",
@@ -236,4 +246,5 @@ METRIC_NAMES = (
     "campaign_writer_lane_fault_paused",
     "campaign_writer_collection_fallbacks_total",
     "campaign_writer_partial_collections_total",
+    "campaign_writer_lane_newest_delivered_age_seconds",
 )
