@@ -36,7 +36,8 @@ fields.id = {}
 # Every key operators may set; example.toml must document each one.
 DOCUMENTED_KEYS = [
     "campaign.url", "campaign.tps_limit", "campaign.max_response_bytes",
-    "campaign.retry_after_cap_s", "campaign.auth.mode", "campaign.auth.login",
+    "campaign.retry_after_cap_s", "campaign.check_schemas", "campaign.auth.mode",
+    "campaign.auth.login",
     "campaign.auth.password", "campaign.auth.password_env", "campaign.auth.password_file",
     "campaign.auth.ims_url", "campaign.auth.client_id", "campaign.auth.client_secret",
     "campaign.auth.scope", "campaign.auth.refresh_margin_s", "campaign.tls.verify",
@@ -52,7 +53,8 @@ DOCUMENTED_KEYS = [
     "routes.name", "routes.match", "routes.schema", "routes.method", "routes.key",
     "routes.operation", "routes.operation_field", "routes.collection", "routes.fields.path",
     "routes.fields.type", "routes.fields.length", "routes.fields.required",
-    "routes.fields.default", "sources.kind", "sources.name",
+    "routes.fields.default", "routes.fields.enum", "routes.preset", "sources.kind",
+    "sources.name",
 ]  # fmt: skip
 
 

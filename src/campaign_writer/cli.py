@@ -21,6 +21,7 @@ __all__ = ["COMMANDS", "build_parser", "main", "run_coroutine"]
 COMMANDS: dict[str, str] = {
     "run": "run",
     "validate": "validate",
+    "scaffold": "scaffold",
     "send": "send",
     "status": "status",
     "top": "top",

@@ -116,6 +116,7 @@ class CampaignConfig:
     tps_limit: float = 20.0
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     retry_after_cap_s: float = 60.0
+    check_schemas: bool = False
     auth: AuthConfig = field(default_factory=AuthConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     wire: WireOptions = field(default_factory=WireOptions)
@@ -295,6 +296,7 @@ def _read_campaign(section: Section) -> CampaignConfig:
         tps_limit=section.number("tps_limit", 20.0, positive=True),
         max_response_bytes=section.size("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES),
         retry_after_cap_s=section.duration("retry_after_cap_s", 60.0),
+        check_schemas=section.boolean("check_schemas", False),
         auth=_read_auth(section.section("auth")),
         tls=_read_tls(section.section("tls")),
         wire=_read_wire(section.section("wire")),

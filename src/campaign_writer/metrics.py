@@ -36,6 +36,7 @@ campaign_writer_end_to_end_latency_seconds                hist
 campaign_writer_lane_fault_paused                         gauge  schema, method
 campaign_writer_collection_fallbacks_total                ctr    schema, method
 campaign_writer_partial_collections_total                 ctr    schema, method
+campaign_writer_lane_newest_delivered_age_seconds         gauge  schema, method
 campaign_writer_intake_responses_total                    ctr    source, status
 campaign_writer_queue_oldest_age_seconds                  gauge
 campaign_writer_queue_max_bytes                           gauge
@@ -48,7 +49,11 @@ process_*, python_info, python_gc_*                       (prometheus-client's o
 ``lane_fault_paused`` is 1 while a lane is paused because every record sent on it
 meets the same fault (the instance's fault, not the records'); ``collection_fallbacks``
 counts lanes that went to one record per call; ``partial_collections`` counts Ingest
-collections Campaign stored only in part. ``source_redeliveries`` counts messages a
+collections Campaign stored only in part. ``lane_newest_delivered_age_seconds`` is, per
+lane that delivered anything, the time since the newest record Campaign acknowledged was
+taken in (its enqueue time; the writer knows no event time), refreshed at each scrape:
+compare it with the staging replication lag (``ffdaReplicateStagingData``) to see when a
+record reaches the Cloud DB. ``source_redeliveries`` counts messages a
 broker hands over again: RabbitMQ's redelivered flag, NATS deliveries with
 ``num_delivered > 1``, Redis entries re-read from the consumer's pending list or
 claimed from another consumer (XAUTOCLAIM); Kafka says nothing of the kind (a
@@ -230,6 +235,11 @@ class Metrics:
         # prometheus-client's own collectors: CPU, memory, open files, Python, GC.
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             r.register(collector)
+        self.lane_newest_delivered_age = gauge(
+            "lane_newest_delivered_age_seconds",
+            "Seconds since the intake of the newest record Campaign acknowledged on a lane",
+            ("schema", "method"),
+        )
         self.call_latency = Histogram(
             prefix + "call_latency_seconds",
             "Campaign call latency",
@@ -288,4 +298,5 @@ METRIC_NAMES = (
     "process_open_fds",
     "python_info",
     "python_gc_collections_total",
+    "campaign_writer_lane_newest_delivered_age_seconds",
 )

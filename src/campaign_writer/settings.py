@@ -132,6 +132,17 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host, port
 
 
+def _underlaid(data: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(defaults)
+    for key, value in data.items():
+        below = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(below, Mapping):
+            merged[key] = _underlaid(value, below)
+        else:
+            merged[key] = value
+    return merged
+
+
 class Section:
     """One TOML table being read; problems go to a shared list as ``path: message``."""
 
@@ -173,6 +184,12 @@ class Section:
         self._known.append(key)
         self.taken.append(self.key_path(key))
         return self._data.pop(key, MISSING)
+
+    def underlay(self, defaults: Mapping[str, Any]) -> None:
+        """Fill keys this table does not set from ``defaults`` (a preset); where both hold
+        a table, the same rule applies inside it, so a preset's field is overridden key by
+        key."""
+        self._data = _underlaid(self._data, defaults)
 
     def rest(self) -> dict[str, Any]:
         """Every key not taken yet; the caller owns their validation from now on."""
