@@ -73,7 +73,8 @@ async def test_a_writer_notifies_ready_watchdog_and_stopping(
 
 
 async def test_abstract_sockets_and_foreign_watchdogs() -> None:
-    """'@name' reaches an abstract socket; a WATCHDOG_PID of another process is not ours."""
+    """'@name' reaches an abstract socket; a WATCHDOG_PID of another process is not ours;
+    a socket nobody listens on does not stop the writer."""
     name = f"campaign-writer-test-{secrets.token_hex(6)}"
     receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     receiver.bind("\0" + name)
@@ -99,6 +100,10 @@ async def test_abstract_sockets_and_foreign_watchdogs() -> None:
             }
         )
         assert ours.watchdog_s == 1.0
+        nowhere = Notifier("@campaign-writer-test-nobody-listens-" + secrets.token_hex(6))
+        nowhere.notify("READY=1")  # logged once; the writer goes on
+        nowhere.notify("READY=1")
+        await nowhere.close()
     finally:
         await notifier.close()
         receiver.close()
@@ -129,7 +134,9 @@ def test_the_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     binary.write_text("#!/bin/sh\n", encoding="utf-8")
     binary.chmod(0o755)
     unit = tmp_path / "campaign-writer.service"
-    unit.write_text(text.replace("/usr/local/bin/campaign-writer", str(binary)), encoding="utf-8")
+    unit.write_text(
+        text.replace("/opt/campaign-writer/bin/campaign-writer", str(binary)), encoding="utf-8"
+    )
     result = subprocess.run(
         [analyze, "verify", "--man=no", str(unit)],
         capture_output=True,
