@@ -84,3 +84,19 @@ async def test_top_shows_the_writer_live_and_quits_cleanly(
         if child.isalive():
             child.terminate(force=True)
         await writer.terminate()
+
+
+def test_the_screen_shows_what_the_writer_says_as_it_is() -> None:
+    """Error texts from /v1/stats are shown verbatim, never read as rich markup."""
+    from rich.console import Console
+
+    from campaign_writer.commands.top import Frame, render
+
+    source = {"name": "r", "kind": "redis_streams", "connected": False}
+    source["last_error"] = "[Errno 111] [/x] refused"
+    stats = {"sources": [source], "delivery": {"fatal": "[/bad] [bold]"}, "ready": {}}
+    console = Console(width=140, record=True)
+    console.print(render(Frame("http://127.0.0.1:9090", stats=stats, elapsed_s=1.0)))
+    screen = console.export_text()
+    assert "delivery stopped: [/bad] [bold]" in screen
+    assert "[Errno 111] [/x] refused" in screen

@@ -19,6 +19,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .status import _age, _size
+
 if TYPE_CHECKING:
     import aiohttp
     from rich.console import RenderableType
@@ -138,29 +140,18 @@ async def read_frame(session: aiohttp.ClientSession, url: str, before: Frame | N
 # --- drawing ---------------------------------------------------------------------------
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _size(count: float | None) -> str:
-    if count is None:
-        return "-"
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{count} B"
-
-
 def _state(ok: bool, text: str) -> str:
-    return f"[green]{text}[/]" if ok else f"[bold red]{text}[/]"
+    """``text`` (escaped: it may echo an error) in green when ok, else in bold red."""
+    from rich.markup import escape
+
+    return f"[green]{escape(text)}[/]" if ok else f"[bold red]{escape(text)}[/]"
+
+
+def _plain(value: object) -> str:
+    """A value from the writer as table text, never read as rich markup."""
+    from rich.markup import escape
+
+    return escape(str(value))
 
 
 def render(frame: Frame) -> RenderableType:
@@ -172,7 +163,7 @@ def render(frame: Frame) -> RenderableType:
     title = f"campaign-writer top: {frame.url}  (q or Ctrl-C to quit)"
     stats = frame.stats
     if frame.error is not None or stats is None:
-        return Panel(f"[bold red]{frame.error}[/]\nretrying every second", title=title)
+        return Panel(_state(False, f"{frame.error}") + "\nretrying every second", title=title)
     delivery = stats.get("delivery") or {}
     queue = stats.get("queue") or {}
     campaign = stats.get("campaign") or {}
@@ -186,7 +177,7 @@ def render(frame: Frame) -> RenderableType:
     head.add_row(
         f"uptime {_age(stats.get('uptime_s'))}",
         "ready " + _state(not problems, "yes" if not problems else "; ".join(problems)),
-        f"auth {auth.get('mode', '-')} "
+        f"auth {_plain(auth.get('mode', '-'))} "
         + _state(bool(auth.get("ready")), "ok" if auth.get("ready") else "not yet"),
         "campaign "
         + _state(
@@ -197,7 +188,7 @@ def render(frame: Frame) -> RenderableType:
         ),
     )
     if delivery.get("fatal"):
-        head.add_row(f"[bold red]delivery stopped: {delivery['fatal']}[/]", "", "", "")
+        head.add_row(_state(False, f"delivery stopped: {delivery['fatal']}"), "", "", "")
 
     throttle = Table(title="delivery", expand=True, show_edge=False)
     for column in (
@@ -231,26 +222,27 @@ def render(frame: Frame) -> RenderableType:
     store.add_row(
         f"{queue.get('depth', 0):,}",
         f"{queue.get('leased', 0):,}",
-        _size(queue.get("bytes")),
-        _size(queue.get("max_bytes")),
+        _size(queue.get("bytes") or 0),
+        _size(queue["max_bytes"]) if queue.get("max_bytes") else "-",
         _age(queue.get("oldest_age_s")),
-        f"{queue.get('dead_letters', 0):,}" + (f" ({reasons[:60]})" if reasons else ""),
+        f"{queue.get('dead_letters', 0):,}" + (f" ({_plain(reasons[:60])})" if reasons else ""),
     )
 
     lanes = Table(title="lanes", expand=True, show_edge=False)
     for column in ("lane", "delivered/s", "waiting", "held keys", "failures", "state"):
         lanes.add_column(column, justify="left" if column == "lane" else "right")
     for lane, lane_stats in sorted((delivery.get("lanes") or {}).items()):
-        state = "paused on a fault" if lane_stats.get("paused_on_fault") else "ok"
+        paused = bool(lane_stats.get("paused_on_fault"))
+        state = "paused on a fault" if paused else "ok"
         if lane_stats.get("collection_fallback"):
             state += ", one per call"
         lanes.add_row(
-            lane,
+            _plain(lane),
             frame.rate(f"campaign_writer_records_delivered_total|{lane}"),
             f"{lane_stats.get('pending_entries', 0):,}",
             str(lane_stats.get("held_keys", 0)),
             str(lane_stats.get("failures", 0)),
-            _state(state == "ok" or state.startswith("ok"), state),
+            _state(not paused, state),
         )
 
     sources = Table(title="sources", expand=True, show_edge=False)
@@ -267,12 +259,12 @@ def render(frame: Frame) -> RenderableType:
         else:
             state = _state(False, "down")
         sources.add_row(
-            name,
-            str(source.get("kind", "http")),
+            _plain(name),
+            _plain(source.get("kind", "http")),
             frame.rate(f"campaign_writer_events_accepted_total|{name}"),
             f"{source.get('accepted', 0):,}",
             state,
-            str(source.get("last_error") or "")[:50],
+            _plain(str(source.get("last_error") or "")[:50]),
         )
     return Panel(Group(head, throttle, store, lanes, sources), title=title)
 
