@@ -303,15 +303,17 @@ def test_set_refuses_secrets_and_bad_paths(override: str, problem: str) -> None:
 def test_environment_overrides_any_key_and_set_overrides_the_environment(
     tmp_path: Path,
 ) -> None:
-    """CAMPAIGN_WRITER__SECTION__KEY sets any key (TOML literal or text); --set wins."""
+    """CAMPAIGN_WRITER__SECTION__KEY sets any key (TOML literal or text), matching the
+    file's spelling of a key (userId); --set wins."""
     path = tmp_path / "writer.toml"
-    path.write_text(MINIMAL, encoding="utf-8")
+    path.write_text(MINIMAL + "fields.userId = {}\n", encoding="utf-8")
     environ = {
         "CAMPAIGN_WRITER__BATCH__LINGER_MS": "100",
         "CAMPAIGN_WRITER__CAMPAIGN__TLS__VERIFY": "false",
         "CAMPAIGN_WRITER__HTTP__LISTEN": "0.0.0.0:8080",
         "CAMPAIGN_WRITER__QUEUE__MAX_BYTES": "512MiB",
         "CAMPAIGN_WRITER__ROUTES__0__KEY": '["id"]',
+        "CAMPAIGN_WRITER__ROUTES__0__FIELDS__USERID__LENGTH": "12",
         "campaign_writer__log__level": "debug",
         "CAMPAIGN_WRITER__SENDER__MAX_IN_FLIGHT": "8",
         "UNRELATED": "1",
@@ -322,6 +324,7 @@ def test_environment_overrides_any_key_and_set_overrides_the_environment(
     assert config.http.listen == "0.0.0.0:8080"
     assert config.queue.max_bytes == 512 * 1024**2
     assert config.routes[0].key_spec == "@id"
+    assert {f.attribute: f.length for f in config.routes[0].fields}["userId"] == 12
     assert config.log.level == "DEBUG"
     assert config.sender.max_in_flight == 4
     assert load(path, environ={}).batch.linger_ms == 200

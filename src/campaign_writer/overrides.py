@@ -9,9 +9,11 @@ environment comes first, ``--set`` last (the command line is the most specific):
     CAMPAIGN_WRITER__ROUTES__0__SCHEMA=acme:xStg   -> routes[0].schema = "acme:xStg"
 
 A variable's name is ``CAMPAIGN_WRITER__`` then the key path, one ``__`` between
-segments, in any case (segments are lowercased); a segment of digits indexes an
-array of tables. Values are TOML literals when they parse as one (``100``, ``true``,
-``["a", "b"]``, ``"quoted"``), else the text itself. Secrets are never taken this
+segments, in any case: a segment takes the spelling of a key the file already has
+(``..._FIELDS__FIRSTNAME__LENGTH`` reaches ``fields.firstName.length``), else its
+lowercase; a segment of digits indexes an array of tables. Values are TOML literals
+when they parse as one (``100``, ``true``, ``["a", "b"]``, ``"quoted"``), else the
+text itself. Secrets are never taken this
 way (their ``*_env`` / ``*_file`` forms are: ``..._AUTH__PASSWORD_FILE=/run/...``).
 
 :class:`Origins` remembers where each value came from (the file, a variable,
@@ -187,7 +189,7 @@ def apply_environment(
                 " between segments (a number indexes an array: ROUTES__0__NAME)"
             )
             continue
-        steps: list[str | int] = [int(s) if s.isdigit() else s for s in segments]
+        steps = _match_case(tree, [int(s) if s.isdigit() else s for s in segments])
         dotted = _dotted(steps)
         last = steps[-1]
         if isinstance(last, str) and last in SECRET_KEYS:
@@ -202,6 +204,22 @@ def apply_environment(
             problems.append(f"{dotted}: {error} (from {name})")
         elif origins is not None:
             origins.mark(dotted, value, f"env {name}")
+
+
+def _match_case(tree: Mapping[str, Any], steps: list[str | int]) -> list[str | int]:
+    """The steps spelled as the tree spells its keys (``firstname`` -> ``firstName``),
+    where the tree has them; variable names carry no case."""
+    node: Any = tree
+    matched: list[str | int] = []
+    for step in steps:
+        if isinstance(step, str) and isinstance(node, Mapping) and step not in node:
+            step = next((key for key in node if str(key).lower() == step), step)
+        matched.append(step)
+        if isinstance(step, int):
+            node = node[step] if isinstance(node, list) and step < len(node) else None
+        else:
+            node = node.get(step) if isinstance(node, Mapping) else None
+    return matched
 
 
 def _assign(tree: dict[str, Any], steps: list[str | int], value: Any) -> str | None:
