@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "scaffold": "scaffold",
     "send": "send",
     "status": "status",
+    "top": "top",
     "dlq": "dlq",
     "simulate": "simulate",
     "bench": "bench",

@@ -107,6 +107,7 @@ class Daemon:
             synchronous=config.queue.synchronous,
             commit_window_s=config.queue.commit_window_ms / 1000,
         )
+        self.metrics.queue_max_bytes.set(config.queue.max_bytes)
         router = self.router = Router(config.routes, config.intake.invalid_xml_chars)
         self.transport = self._given_transport
         if self.transport is None:
@@ -385,6 +386,9 @@ class Daemon:
 
     def _refresh_gauges(self) -> None:
         self.campaign_state()
+        for check, problem in self.readiness().items():
+            self.metrics.readiness.labels(check).set(0 if problem else 1)
+        self.metrics.auth_ready.set(1 if self.auth is not None and self.auth.ready else 0)
         if self.dispatcher is not None:
             ages = self.metrics.lane_newest_delivered_age
             for lane_id, age in self.dispatcher.newest_delivered_ages().items():
@@ -395,6 +399,7 @@ class Daemon:
         self.metrics.queue_depth.set(stats.depth)
         self.metrics.queue_bytes.set(stats.bytes)
         self.metrics.dead_letter_depth.set(stats.dead_letters)
+        self.metrics.queue_oldest_age.set(stats.oldest_age_s or 0.0)
 
     def stats(self) -> dict[str, Any]:
         self._refresh_gauges()
@@ -412,7 +417,7 @@ class Daemon:
                 "last_error": self.auth.last_error if self.auth else None,
             },
             "ready": self.readiness(),
-            "campaign": self.campaign_state(),
+            "campaign": {**self.campaign_state(), "tps_limit": self.config.campaign.tps_limit},
             "sources": [getattr(s, "stats", dict)() for s in self.sources],
             "schema_check": None
             if self.schemas is None

@@ -1,5 +1,8 @@
 """``campaign-writer validate``: check a config file, print every problem with its path.
 
+On success it prints a summary, then every key with its value and where the value
+came from: the file, a ``CAMPAIGN_WRITER__*`` variable, ``--set``, or the default.
+
 With ``--remote`` it also logs on to the configured instance, reads every route's
 target schema (never writing anything) and checks each route and field against it
 (:mod:`campaign_writer.schemacheck`). Exit codes: 0 when the config is valid (warnings
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..overrides import Origins
 
 __all__ = ["HELP", "configure", "execute"]
 
@@ -46,9 +50,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def execute(args: argparse.Namespace) -> int | Coroutine[Any, Any, int]:
     from ..config import load
     from ..errors import ConfigError
+    from ..overrides import Origins
 
+    origins = Origins()
     try:
-        config = load(args.config, overrides=args.set)
+        config = load(args.config, overrides=args.set, origins=origins)
     except ConfigError as exc:
         if args.json:
             _print_json({"ok": False, "config_problems": exc.problems})
@@ -61,7 +67,8 @@ def execute(args: argparse.Namespace) -> int | Coroutine[Any, Any, int]:
     if args.remote:
         return _remote(args, config)
     if args.json:
-        _print_json({"ok": True, "config_warnings": warnings(config)})
+        origins_of = dict(origins.entries())
+        _print_json({"ok": True, "config_warnings": warnings(config), "origins": origins_of})
         return 0
     routes = ", ".join(f"{r.name} -> {r.schema} ({r.method})" for r in config.routes)
     print(f"{args.config}: OK")
@@ -81,9 +88,65 @@ def execute(args: argparse.Namespace) -> int | Coroutine[Any, Any, int]:
     print(f"  routes    {routes}")
     if config.sources:
         print(f"  sources   {', '.join(f'{s.name} ({s.kind})' for s in config.sources)}")
+    print("values (where each came from: file, env VARIABLE, --set or default):")
+    for line in value_lines(config, origins):
+        print(f"  {line}")
     for warning in warnings(config):
         print(f"warning: {warning}")
     return 0
+
+
+def value_lines(config: Config, origins: Origins) -> list[str]:
+    """``path = value  (origin)`` for every key given or defaulted; secrets masked."""
+    from ..settings import SECRET_KEYS
+
+    lines = []
+    for path, origin in origins.entries():
+        if path.rpartition(".")[2] in SECRET_KEYS:
+            shown = "(none)" if origin == "default" else "(secret)"
+        elif origin == "default":
+            shown = _show(_lookup(config, path))
+        else:
+            shown = _show(origins.values.get(path))
+        lines.append(f"{path} = {shown}  ({origin})")
+    return lines
+
+
+_MISSING = object()
+
+
+def _lookup(config: Config, path: str) -> Any:
+    """The parsed value at a key path, where the config's fields follow the keys."""
+    node: Any = config
+    for part in path.replace("[", ".[").split("."):
+        if part.startswith("["):
+            try:
+                node = node[int(part[1:-1])]
+            except (IndexError, TypeError, KeyError):
+                return _MISSING
+            continue
+        for name in (part, f"{part}_s"):
+            if hasattr(node, name):
+                node = getattr(node, name)
+                break
+        else:
+            return _MISSING
+    return node
+
+
+def _show(value: Any) -> str:
+    if value is _MISSING:
+        return "(as documented)"
+    if value is None:
+        return "(none)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 60 else repr(value[:57] + "...")
+    if isinstance(value, int | float):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def warnings(config: Config) -> list[str]:
