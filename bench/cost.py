@@ -11,7 +11,9 @@ simulator, each point on a queue file built beforehand with the queue's own appe
   back while a batch with that key is in flight;
 * ``backlog``: backlogs of 100k, 1M (and, when asked, 10M) queued events in one lane; the
   writer delivers the first ``--measure`` of them, so what grows is the file, not the
-  work measured.
+  work measured;
+* ``backlog-crash``: the same files marked as a crash leaves them (not closed cleanly), so
+  that the writer checks the file when it opens it.
 
 Per point: writer CPU-seconds (user + system, from ``/proc``) from ready until
 ``--measure`` records are delivered, divided by them; the time from start to ready (the
@@ -25,11 +27,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import functools
 import json
 import os
 import shlex
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -46,6 +51,7 @@ __all__ = [
     "Point",
     "event_lines",
     "lane_schema",
+    "medians",
     "per_record_us",
     "simulator_config",
     "writer_config",
@@ -108,6 +114,7 @@ class Point:
     curve: str
     x: int  # lanes, distinct keys, or backlog events
     queued: int
+    repeat: int = 0
     measured: int = 0  # records delivered in the measurement
     cpu_s: float = 0.0
     cpu_us_per_record: float | None = None
@@ -195,6 +202,8 @@ async def measure_point(
     )
     point.build_s = round(await build_queue(queue_path, config_path, point.queued, lanes, keys), 2)
     point.file_mib = _file_mib(work, name)
+    if point.curve == "backlog-crash":
+        _mark_crashed(queue_path)
     sim = SimulatorProcess(logs / f"{name}-simulator.log", {"config": sim_config})
     await sim.start()
     try:
@@ -265,6 +274,14 @@ def _write_configs(
     return config_path, sim_config, work / f"{name}.sqlite3"
 
 
+def _mark_crashed(path: Path) -> None:
+    """Leave the file as SIGKILL would: its 'closed cleanly' mark cleared."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE state SET value = '0' WHERE name = 'clean'")
+
+
 def _file_mib(work: Path, name: str) -> float:
     return round(sum(p.stat().st_size for p in work.glob(f"{name}.sqlite3*")) / 2**20, 1)
 
@@ -289,11 +306,31 @@ def _curves(args: argparse.Namespace) -> list[tuple[Point, int, int | None, int]
             # Records delivered count once each, merged or not.
             point = Point("keys", x, args.records, latency_ms=args.keys_latency_ms)
             todo.append((point, 1, keys or None, args.records))
-    if "backlog" in args.curves:
-        for backlog in args.backlogs:
-            measure = min(backlog, args.measure)
-            todo.append((Point("backlog", backlog, backlog), 1, None, measure))
+    for curve in ("backlog", "backlog-crash"):
+        if curve in args.curves:
+            for backlog in args.backlogs:
+                measure = min(backlog, args.measure)
+                todo.append((Point(curve, backlog, backlog), 1, None, measure))
     return todo
+
+
+def medians(points: list[Point], curve: str) -> list[dict[str, float]]:
+    """Per x of ``curve`` (ascending): the median, min and max over the repeats of CPU
+    per record, peak RSS and start time; failed points are left out."""
+    by_x: dict[int, list[Point]] = {}
+    for point in points:
+        if point.curve == curve and point.error is None and point.cpu_us_per_record:
+            by_x.setdefault(point.x, []).append(point)
+    rows = []
+    for x in sorted(by_x):
+        row: dict[str, float] = {"x": x, "n": len(by_x[x])}
+        for name in ("cpu_us_per_record", "peak_rss_mib", "start_s", "records_per_call"):
+            values = [float(getattr(p, name) or 0.0) for p in by_x[x]]
+            row[name] = statistics.median(values)
+            row[name + "_min"] = min(values)
+            row[name + "_max"] = max(values)
+        rows.append(row)
+    return rows
 
 
 def plot(points: list[Point], out: Path) -> list[Path]:
@@ -307,24 +344,27 @@ def plot(points: list[Point], out: Path) -> list[Path]:
         "lanes": "lanes (routes x methods)",
         "keys": "distinct keys in one lane (records merged per key = records / keys)",
         "backlog": "queued events when the writer starts",
+        "backlog-crash": "queued events when the writer starts after a crash",
     }
     written = []
-    for curve in ("lanes", "keys", "backlog"):
-        mine = sorted(
-            (p for p in points if p.curve == curve and p.error is None), key=lambda p: p.x
-        )
-        if not mine:
+    for curve in ("lanes", "keys", "backlog", "backlog-crash"):
+        rows = medians(points, curve)
+        if not rows:
             continue
-        xs = [p.x for p in mine]
-        figure, axes = plt.subplots(1, 3 if curve == "backlog" else 2, figsize=(14, 4.2))
-        axes[0].plot(xs, [p.cpu_us_per_record for p in mine], marker="o", color="tab:blue")
-        axes[0].set_ylabel("writer CPU per record delivered (µs)")
-        axes[1].plot(xs, [p.peak_rss_mib for p in mine], marker="o", color="tab:red")
-        axes[1].set_ylabel("writer peak RSS (MiB)")
-        if curve == "backlog":
-            axes[2].plot(xs, [p.start_s for p in mine], marker="o", color="tab:green")
-            axes[2].set_ylabel("start to ready (s)")
-        for axis in axes:
+        xs = [row["x"] for row in rows]
+        shown = [("cpu_us_per_record", "writer CPU per record delivered (µs)", "tab:blue")]
+        shown.append(("peak_rss_mib", "writer peak RSS (MiB)", "tab:red"))
+        if curve.startswith("backlog"):
+            shown.append(("start_s", "start to ready (s)", "tab:green"))
+        figure, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 4.2))
+        for axis, (name, label, colour) in zip(axes, shown, strict=True):
+            ys = [row[name] for row in rows]
+            spread = [
+                [row[name] - row[name + "_min"] for row in rows],
+                [row[name + "_max"] - row[name] for row in rows],
+            ]
+            axis.errorbar(xs, ys, yerr=spread, marker="o", color=colour, capsize=3)
+            axis.set_ylabel(label)
             axis.set_xscale("log")
             axis.set_xlabel(labels[curve])
             axis.set_ylim(bottom=0)
@@ -348,7 +388,12 @@ async def run(args: argparse.Namespace) -> Path:
     work = Path(tempfile.mkdtemp(prefix="bench-cost-", dir=args.work))
     points: list[Point] = []
     try:
-        for point, lanes, keys, measure in _curves(args):
+        todo = [
+            (dataclasses.replace(point, repeat=repeat), lanes, keys, measure)
+            for repeat in range(args.repeats)
+            for point, lanes, keys, measure in _curves(args)
+        ]
+        for point, lanes, keys, measure in todo:
             print(f"{point.curve}={point.x}: {point.queued} queued ...", file=sys.stderr)
             try:
                 await measure_point(
@@ -380,7 +425,8 @@ async def run(args: argparse.Namespace) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--curves", default="lanes,keys,backlog")
+    parser.add_argument("--curves", default="lanes,keys,backlog,backlog-crash")
+    parser.add_argument("--repeats", type=int, default=1, help="each point, alternating")
     parser.add_argument("--records", type=int, default=100_000, help="queued, lanes and keys")
     parser.add_argument("--lanes", type=_ints, default=[1, 10, 100])
     parser.add_argument(

@@ -10,8 +10,10 @@ import orjson
 import pytest
 from bench.cost import (
     EXAMPLE,
+    Point,
     event_lines,
     lane_schema,
+    medians,
     per_record_us,
     simulator_config,
     writer_config,
@@ -85,3 +87,23 @@ def test_callgrind_total_reads_the_summary_line() -> None:
     assert callgrind_total(b"events: Ir\ntotals: 77\n") == 77
     with pytest.raises(ValueError, match="not a callgrind output"):
         callgrind_total(b"events: Ir\n")
+
+
+def test_medians_per_x_over_repeats_leave_out_failed_points() -> None:
+    """A curve's row per x is the median (with min and max) of its repeats, in x order;
+    failed points and other curves count for nothing."""
+    points = [
+        Point("lanes", 10, 100, cpu_us_per_record=9.0, peak_rss_mib=70.0, start_s=1.0),
+        Point("lanes", 1, 100, cpu_us_per_record=7.0, peak_rss_mib=60.0, start_s=0.5),
+        Point("lanes", 10, 100, cpu_us_per_record=12.0, peak_rss_mib=72.0, start_s=3.0),
+        Point("lanes", 10, 100, cpu_us_per_record=10.0, peak_rss_mib=71.0, start_s=2.0),
+        Point("lanes", 10, 100, cpu_us_per_record=99.0, error="timed out"),
+        Point("keys", 10, 100, cpu_us_per_record=50.0),
+    ]
+    rows = medians(points, "lanes")
+    assert [row["x"] for row in rows] == [1, 10]
+    assert rows[1]["n"] == 3
+    assert rows[1]["cpu_us_per_record"] == 10.0
+    assert (rows[1]["cpu_us_per_record_min"], rows[1]["cpu_us_per_record_max"]) == (9.0, 12.0)
+    assert rows[1]["start_s"] == 2.0
+    assert rows[0]["peak_rss_mib"] == 60.0
