@@ -216,8 +216,8 @@ async def measure_point(
             argv += ["--set", item]
         writer.child = Child("writer", argv, logs / f"{name}-writer.log")
         launched = time.monotonic()
-        if wrap:
-            writer.child.start = functools.partial(writer.child.start, timeout_s=600.0)  # type: ignore[method-assign]
+        # Opening a big file after a crash checks all of it, and valgrind is slow to start.
+        writer.child.start = functools.partial(writer.child.start, timeout_s=timeout_s)  # type: ignore[method-assign]
         await writer.start()
         point.start_s = round(time.monotonic() - launched, 2)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
@@ -454,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--wrap",
         default="",
         help="a command the writer runs under, {name} is the point "
-        "(e.g. 'valgrind --tool=callgrind --callgrind-out-file=/tmp/{name}.out')",
+        "(e.g. 'valgrind --tool=callgrind --callgrind-out-file={name}.out')",
     )
     args = parser.parse_args(argv)
     args.curves = set(args.curves.split(","))
