@@ -128,6 +128,7 @@ class Point:
     coalesced: int | None = None  # records merged into a pending entry of their key
     held_keys_max: int = 0  # keys in flight, the most seen at once
     latency_ms: float = 50.0  # Campaign's (the simulator's) base latency per call
+    max_records: int = 500  # batch.max_records; the writer leases max(5000, 8x) at most
     error: str | None = None
 
 
@@ -207,7 +208,7 @@ async def measure_point(
     sim = SimulatorProcess(logs / f"{name}-simulator.log", {"config": sim_config})
     await sim.start()
     try:
-        settings = writer_settings(sim.url, queue_path, tps, 500, 200)
+        settings = writer_settings(sim.url, queue_path, tps, point.max_records, 200)
         settings += ["queue.max_bytes=1TiB"]
         writer = WriterSubject("writer", settings, logs / f"{name}-writer.log", queue_path)
         argv = [*(part.format(name=name) for part in wrap), sys.executable]
@@ -299,18 +300,26 @@ def _curves(args: argparse.Namespace) -> list[tuple[Point, int, int | None, int]
     todo: list[tuple[Point, int, int | None, int]] = []
     if "lanes" in args.curves:
         for lanes in args.lanes:
-            todo.append((Point("lanes", lanes, args.records), lanes, None, args.records))
+            point = Point("lanes", lanes, args.records, max_records=args.max_records)
+            todo.append((point, lanes, None, args.records))
     if "keys" in args.curves:
         for keys in args.keys:
             x = keys or args.records
             # Records delivered count once each, merged or not.
-            point = Point("keys", x, args.records, latency_ms=args.keys_latency_ms)
+            point = Point(
+                "keys",
+                x,
+                args.records,
+                latency_ms=args.keys_latency_ms,
+                max_records=args.max_records,
+            )
             todo.append((point, 1, keys or None, args.records))
     for curve in ("backlog", "backlog-crash"):
         if curve in args.curves:
             for backlog in args.backlogs:
                 measure = min(backlog, args.measure)
-                todo.append((Point(curve, backlog, backlog), 1, None, measure))
+                point = Point(curve, backlog, backlog, max_records=args.max_records)
+                todo.append((point, 1, None, measure))
     return todo
 
 
@@ -435,6 +444,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--backlogs", type=_ints, default=[100_000, 1_000_000])
     parser.add_argument("--measure", type=int, default=200_000, help="backlog: records to time")
     parser.add_argument("--tps", type=int, default=1000, help="Campaign's limit (calls/s)")
+    parser.add_argument(
+        "--max-records",
+        type=int,
+        default=500,
+        help="the writer's batch.max_records (it keeps at most max(5000, 8x) records leased)",
+    )
     parser.add_argument(
         "--keys-latency-ms",
         type=float,

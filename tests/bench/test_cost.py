@@ -13,6 +13,7 @@ from bench.cost import (
     Point,
     event_lines,
     lane_schema,
+    measure_point,
     medians,
     per_record_us,
     simulator_config,
@@ -107,3 +108,32 @@ def test_medians_per_x_over_repeats_leave_out_failed_points() -> None:
     assert (rows[1]["cpu_us_per_record_min"], rows[1]["cpu_us_per_record_max"]) == (9.0, 12.0)
     assert rows[1]["start_s"] == 2.0
     assert rows[0]["peak_rss_mib"] == 60.0
+
+
+async def test_a_point_delivers_its_queue_through_the_simulator(tmp_path: Path) -> None:
+    """One point end to end: the queue file is built, the writer delivers every record to
+    the simulator over both lanes, the figures are filled in and the file is removed."""
+    point = Point("lanes", 2, 2000)
+    await measure_point(
+        point,
+        lanes=2,
+        keys=None,
+        measure=2000,
+        tps=200,
+        work=tmp_path,
+        logs=tmp_path / "logs",
+        timeout_s=60.0,
+    )
+    assert point.error is None
+    assert point.measured == 2000
+    assert point.calls >= 2
+    assert point.records_per_call is not None
+    assert point.records_per_call <= 1000
+    assert point.cpu_s > 0
+    assert point.peak_rss_mib > 0
+    assert point.build_s > 0
+    assert not queue_files(tmp_path)
+
+
+def queue_files(directory: Path) -> list[Path]:
+    return list(directory.glob("*.sqlite3*"))
