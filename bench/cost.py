@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import os
 import shlex
 import shutil
 import statistics
@@ -478,5 +477,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONHASHSEED", "0")
     main()
