@@ -119,6 +119,7 @@ class NatsSource(BrokerSource[NatsSettings]):
         self._requested = 0  # deliveries still due on the open pull request
         self._problem: str | None = None
         self.redelivered = 0
+        self._redeliveries = self.metrics.source_redeliveries.labels(self.name)
 
     async def _open(self) -> None:
         settings = self.settings
@@ -195,6 +196,7 @@ class NatsSource(BrokerSource[NatsSettings]):
         self._requested = max(0, self._requested - 1)
         if _delivery_count(msg.reply) > 1:
             self.redelivered += 1
+            self._redeliveries.inc()
         self._pending.append(Message(msg.data, dict(headers) if headers else {}, msg))
         self._arrived.set()
 
