@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from campaign_writer.campaign.documents import build_entity, decode_record
 from campaign_writer.config import Config, from_mapping, load
 from campaign_writer.errors import RecordError
 from campaign_writer.router import Router
+from tests.support.documents import build_entity, decode_record
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "example.toml"
 

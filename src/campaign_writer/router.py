@@ -526,8 +526,8 @@ class Router:
                         route.operation_label,
                     )
                 operation = found
-        # The record in documents.encode_record's format (the rendered, escaped
-        # fragment), by the route's generated filler.
+        # The record in the queue's format (its rendered, escaped fragment,
+        # documents.render_fragment), by the route's generated filler.
         fill = route.fill_keys if operation == "delete" else route.fill
         key, record = fill(event, route.heads[operation])
         return route, key, record

@@ -218,7 +218,7 @@ class TenantThrottle:
         return pause
 
     def set_limit(self, tps_limit: float) -> None:
-        """Recalibrate to a new tenant limit (config reload)."""
+        """Recalibrate to a new tenant limit (SIGHUP reload of ``campaign.tps_limit``)."""
         self.controller.set_limit(tps_limit)
         self._window.rate_limit = max(1, math.floor(tps_limit))
 
