@@ -136,6 +136,7 @@ class Daemon:
             max_bytes=config.batch.max_bytes,
             linger_s=config.batch.linger_ms / 1000.0,
             modes=modes,
+            merges=self.metrics.records_coalesced,
         )
         self.dispatcher = Dispatcher(
             self.queue,

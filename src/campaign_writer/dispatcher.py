@@ -43,7 +43,7 @@ from .campaign.auth import Authenticator
 from .campaign.client import AuthFailed, CampaignClient
 from .campaign.outcome import Fatal, Ok, Reject, Retry, Throttled
 from .errors import QueueError
-from .isolation import Isolation, Refused
+from .isolation import DeliveryCounts, Isolation, Refused
 from .logs import get_logger
 from .metrics import Metrics
 from .records import LaneId, Leased, RecordDeadLetter
@@ -141,16 +141,11 @@ class Dispatcher(Isolation):
         self._ack_failures = 0
         self._acks_wait_until = 0.0
         self.crashed: BaseException | None = None
-        self.totals = {
-            "delivered": 0,
-            "dead_lettered": 0,
-            "retried": 0,
-            "throttled": 0,
-            "calls": 0,
-            "bisections": 0,
-            "fault_pauses": 0,
-            "partial_collections": 0,
-            "tail_controls": 0,
+        self.counts = DeliveryCounts()
+        # The batch outcomes, looked up once: one bump per batch.
+        self._batches = {
+            outcome: metrics.batches.labels(outcome)
+            for outcome in ("ok", "throttled", "rejected", "retry", "fatal")
         }
 
     @property
@@ -164,8 +159,12 @@ class Dispatcher(Isolation):
         return self.halt.reason
 
     def __repr__(self) -> str:
+        metrics = self.metrics
         return (
             f"Dispatcher(sending={len(self._sending)}, {self.in_flight!r}, {self.batcher!r},"
+            f" delivered={metrics.records_delivered.total()},"
+            f" dead_lettered={metrics.records_dead_lettered.total()},"
+            f" retried={metrics.retries.total()}, calls={self.counts.calls},"
             f" fatal={self.fatal!r})"
         )
 
@@ -213,7 +212,6 @@ class Dispatcher(Isolation):
     # --- feeding ---------------------------------------------------------------------
 
     async def _feed(self) -> None:
-        merges_seen: dict[LaneId, int] = {}
         lane_ids: dict[str, LaneId] = {}
         while not self._stopping:
             room = self.lease_capacity - self.batcher.pending
@@ -243,11 +241,6 @@ class Dispatcher(Isolation):
                     lane_id = lane_ids[lane] = LaneId.parse(lane)
                     self._lane_series(lane_id)
                 sooner = self.batcher.add_many(lane_id, entries) or sooner
-            for lane_id, state in self.batcher.lanes.items():
-                new = state.merges - merges_seen.get(lane_id, 0)
-                if new:
-                    merges_seen[lane_id] = state.merges
-                    self.metrics.records_coalesced.labels(*lane_id).inc(new)
             if sooner:
                 # Otherwise the dispatcher's timer already covers every lane's due time.
                 self._wake.set()
@@ -322,7 +315,7 @@ class Dispatcher(Isolation):
             collection=collection,
             stamp=lane.health.send,
         )
-        self.totals["calls"] += sent.calls
+        self.counts.calls += sent.calls
         if isinstance(sent, AuthFailed):
             if sent.fatal:
                 self._go_fatal(batch, entries, sent.reason)
@@ -337,8 +330,7 @@ class Dispatcher(Isolation):
             )
             return outcome if acked else None
         if isinstance(outcome, Throttled):
-            self.totals["throttled"] += 1
-            self.metrics.batches.labels("throttled").inc()
+            self._batches["throttled"].inc()
             self.batcher.put_back(batch, entries)
             return None
         if isinstance(outcome, Retry):
@@ -354,7 +346,7 @@ class Dispatcher(Isolation):
             self._go_fatal(batch, entries, outcome.reason)
             return None
         assert isinstance(outcome, Reject)
-        self.metrics.batches.labels("rejected").inc()
+        self._batches["rejected"].inc()
         lane.health.refused(collection, counts=not batch.retrial)
         self._collections_evidence(batch)
         return Refused(outcome, sent.status, sent.stamp)
@@ -402,7 +394,6 @@ class Dispatcher(Isolation):
         if partial is not None:
             # Campaign took part of the collection, and nothing says which part: every
             # record goes back and is sent alone (what was stored is stored twice).
-            self.totals["partial_collections"] += 1
             self.metrics.partial_collections.labels(*lane.id).inc()
             log.error(
                 "Campaign stored only part of a collection; sending one record per call"
@@ -431,9 +422,8 @@ class Dispatcher(Isolation):
         if self.halt.leave():
             log.warning("Campaign accepts calls again; leaving the fatal state")
         self.batcher.delivered(batch, entries)
-        self.totals["delivered"] += len(ids)
         self.metrics.records_delivered.labels(lane.id.schema, method).inc(len(ids))
-        self.metrics.batches.labels("ok").inc()
+        self._batches["ok"].inc()
         wall = self._wall()
         # One value per record; records merged into an entry share its oldest intake time.
         self.metrics.end_to_end_latency.observe_many(
@@ -467,7 +457,6 @@ class Dispatcher(Isolation):
         rows = [RecordDeadLetter(i, reason, status, code) for e in entries for i in e.ids]
         await self.queue.dead_letter(rows)
         self.batcher.finished(batch, entries)
-        self.totals["dead_lettered"] += len(rows)
         self.metrics.records_dead_lettered.labels(code or "error").inc(len(rows))
         log.warning(
             "records dead-lettered",
@@ -477,9 +466,8 @@ class Dispatcher(Isolation):
 
     def _back_off(self, batch: Batch, entries: list[Entry], reason: str) -> None:
         delay = self.batcher.back_off(batch, entries, self._clock(), self.retry.backoff)
-        self.totals["retried"] += 1
         self.metrics.retries.labels(reason.split(":")[0][:40]).inc()
-        self.metrics.batches.labels("retry").inc()
+        self._batches["retry"].inc()
         log.info(
             "transient failure; retrying",
             extra={"reason": reason[:300], "backoff_s": round(delay, 3)},
@@ -492,10 +480,26 @@ class Dispatcher(Isolation):
                 "Campaign refuses every call; delivery stopped, queue kept",
                 extra={"reason": reason, "probe_in_s": delay},
             )
-        self.metrics.batches.labels("fatal").inc()
+        self._batches["fatal"].inc()
         self.batcher.put_back(batch, entries)
 
     # --- introspection ---------------------------------------------------------------
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Delivery's counts, read from where each is kept (the metrics, or ``counts``)."""
+        metrics, counts = self.metrics, self.counts
+        return {
+            "delivered": metrics.records_delivered.total(),
+            "dead_lettered": metrics.records_dead_lettered.total(),
+            "retried": metrics.retries.total(),
+            "throttled": self._batches["throttled"].value,
+            "calls": counts.calls,
+            "bisections": counts.bisections,
+            "fault_pauses": counts.fault_pauses,
+            "partial_collections": metrics.partial_collections.total(),
+            "tail_controls": counts.tail_controls,
+        }
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -507,6 +511,6 @@ class Dispatcher(Isolation):
             "rate_limit": round(self.client.rate(), 3),
             "paused_for_s": round(self.client.paused_for, 3),
             "records_in_memory": self.batcher.pending,
-            "totals": dict(self.totals),
+            "totals": self.totals,
             "lanes": {lane_id.text: lane.stats() for lane_id, lane in self.batcher.lanes.items()},
         }

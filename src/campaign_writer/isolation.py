@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .batcher import Batch, Batcher, Entry, Lane
@@ -33,7 +34,15 @@ if TYPE_CHECKING:
     from .campaign.auth import Authenticator
     from .campaign.client import CampaignClient
 
-__all__ = ["CONTROLS", "MAX_STRIKES", "TAIL_RECORDS", "TAIL_WINDOW_S", "Isolation", "Refused"]
+__all__ = [
+    "CONTROLS",
+    "MAX_STRIKES",
+    "TAIL_RECORDS",
+    "TAIL_WINDOW_S",
+    "DeliveryCounts",
+    "Isolation",
+    "Refused",
+]
 
 log = get_logger("dispatcher")
 
@@ -48,6 +57,19 @@ MAX_STRIKES = 8
 # the lane's last success no older than this (see Isolation._tail_control).
 TAIL_RECORDS = 50
 TAIL_WINDOW_S = 600.0
+
+
+@dataclass(slots=True)
+class DeliveryCounts:
+    """Delivery's counts that have no Prometheus series (the others live in the metrics).
+
+    Kept once, here; ``/v1/stats`` ``delivery.totals`` and the dispatcher's repr read them.
+    """
+
+    calls: int = 0  # Campaign calls that carried records, controls included
+    bisections: int = 0  # refused batches split to find the records at fault
+    tail_controls: int = 0  # read controls sent at the end of a stream
+    fault_pauses: int = 0  # lanes paused on a fault every record meets
 
 
 class Refused(NamedTuple):
@@ -66,7 +88,7 @@ class Isolation:
     auth: Authenticator
     retry: RetryPolicy
     metrics: Metrics
-    totals: dict[str, int]
+    counts: DeliveryCounts
     _clock: Callable[[], float]
     _stopping: bool
 
@@ -100,7 +122,7 @@ class Isolation:
         up with no success, one record alone is sent as a control; if it fails too, the
         fault is the instance's: the lane pauses and nothing is dead-lettered.
         """
-        self.totals["bisections"] += 1
+        self.counts.bisections += 1
         lane = batch.lane
         health = lane.health
         work: deque[list[Entry]] = deque([entries])
@@ -220,8 +242,8 @@ class Isolation:
         except (AuthError, TransportError):
             return False
         result = await self.client.read_schema(lane.id.schema, credentials)
-        self.totals["calls"] += 1
-        self.totals["tail_controls"] += 1
+        self.counts.calls += 1
+        self.counts.tail_controls += 1
         if not isinstance(result.outcome, Ok):
             return False
         health.pauses = 0  # Campaign answers: the next pause starts short again
@@ -310,7 +332,7 @@ class Isolation:
         delay = health.next_pause(initial, cap)
         now = self._clock()
         self.batcher.pause(lane, now + delay)
-        self.totals["fault_pauses"] += 1
+        self.counts.fault_pauses += 1
         if health.suspect_since is not None and now - health.last_told >= FAULT_REMINDER_S:
             health.last_told = now
             log.warning(

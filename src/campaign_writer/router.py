@@ -458,6 +458,9 @@ class Router:
             for route in self.routes:
                 self._index.setdefault((type(route.match[0][1]), route.match[0][1]), route)
 
+    def __repr__(self) -> str:
+        return f"Router(routes={[route.name for route in self.routes]!r})"
+
     @classmethod
     def from_config(cls, config: RoutingConfig) -> Router:
         """The router for ``config.routes`` with ``config.intake``'s text policy."""

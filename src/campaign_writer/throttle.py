@@ -224,6 +224,12 @@ class TenantThrottle:
 
     # --- state -----------------------------------------------------------------------
 
+    def __repr__(self) -> str:
+        return (
+            f"TenantThrottle(limit={self.controller.limit:g}, rate={self.rate():.3f},"
+            f" paused_for={self.paused_for:.3f}, throttled_episodes={self.throttled_episodes})"
+        )
+
     def rate(self, now: float | None = None) -> float:
         rate = self.controller.rate(self._clock() if now is None else now)
         if self._on_rate_change is not None and abs(rate - self._reported_rate) > 1e-3:

@@ -353,6 +353,28 @@ async def test_a_record_refused_alone_while_others_pass_is_dead_lettered(tmp_pat
     assert "refused alone 3 times" in reason
 
 
+@on_virtual_time
+async def test_stats_metrics_and_repr_read_one_count(tmp_path: Path) -> None:
+    """Delivered, dead-lettered and retried records are counted once: /v1/stats' totals,
+    the Prometheus exposition and the dispatcher's repr show the same figures."""
+    retry = RetryPolicy(record_failures=3)
+    async with delivery(tmp_path, handler=refusing("k002"), retry=retry, collection="never") as rig:
+        rig.transport.script("Ingest", reset())
+        await rig.add(keys("k", 6))
+        await rig.dispatcher.start()
+        await until(lambda: rig.totals["delivered"] == 5 and rig.totals["dead_lettered"] == 1)
+        totals = rig.dispatcher.stats()["totals"]
+        text = rig.metrics.exposition().decode()
+        assert f'records_delivered_total{{method="Ingest",schema="{SCHEMA}"}} 5.0' in text
+        assert 'records_dead_lettered_total{reason="duplicate-key"} 1.0' in text
+        [(reason,)] = rig.metrics.retries.values()
+        assert f'retries_total{{reason="{reason}"}} 1.0' in text
+        assert (totals["delivered"], totals["dead_lettered"], totals["retried"]) == (5, 1, 1)
+        assert totals["calls"] == len(rig.ingests())
+        shown = repr(rig.dispatcher)
+        assert "delivered=5," in shown and "dead_lettered=1," in shown and "retried=1," in shown
+
+
 @pytest.mark.parametrize("refusal", [MASKED, DUPLICATE_KEY], ids=["masked", "duplicate-key"])
 @on_virtual_time
 async def test_a_fault_every_record_meets_pauses_the_lane_and_dead_letters_nothing(

@@ -381,6 +381,16 @@ class DurableQueue:
             "window_joined": grouping.joined,
         }
 
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"<DurableQueue {self.path} closed>"
+        snapshot = self._snapshot
+        return (
+            f"<DurableQueue {self.path}: records={snapshot.records}"
+            f" bytes={snapshot.record_bytes} leased={len(self._leased)}"
+            f" dead_letters={snapshot.dead_letters} commits={self.commits}>"
+        )
+
     def stats(self) -> QueueStats:
         """Depth, bytes, oldest age, dead letters by reason (code), as of the last commit."""
         return stats_of(self._snapshot, self._clock(), len(self._leased), self.max_bytes)

@@ -171,8 +171,6 @@ class BrokerSource(ABC, Generic[S]):
         self._stopping = asyncio.Event()
         self._first_attempt = asyncio.Event()
         self._need_room = False
-        self._counts = {"received": 0, "accepted": 0, "dead_lettered": 0, "acked": 0}
-        self._reconnect_count = 0
         self._setup()
 
     def _setup(self) -> None:
@@ -228,10 +226,23 @@ class BrokerSource(ABC, Generic[S]):
             "kind": self.kind,
             "connected": self.connected,
             "paused": self._need_room,
-            "reconnects": self._reconnect_count,
+            "reconnects": self._reconnects.value,
             "last_error": self.last_error,
-            **self._counts,
+            "received": self._received.value,
+            "accepted": self._accepted.value,
+            "dead_lettered": self._dead_lettered.value,
+            "acked": self._acked.value,
         }
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else "disconnected"
+        if self._need_room:
+            state += ", paused"
+        return (
+            f"<{type(self).__name__} {self.name!r} {state}: received={self._received.value}"
+            f" accepted={self._accepted.value} acked={self._acked.value}"
+            f" dead_lettered={self._dead_lettered.value} reconnects={self._reconnects.value}>"
+        )
 
     # --- the loop --------------------------------------------------------------------
 
@@ -245,7 +256,6 @@ class BrokerSource(ABC, Generic[S]):
                 self.last_error = None
                 if opened_before:
                     self._reconnects.inc()
-                    self._reconnect_count += 1
                     log.info("source reconnected", extra={"source": self.name})
                 opened_before = True
                 backoff.reset()
@@ -303,7 +313,6 @@ class BrokerSource(ABC, Generic[S]):
         items, poison = self._route(batch)
         # Events, not messages: an ndjson message carries several.
         self._received.inc(len(items) + len(poison))
-        self._counts["received"] += len(items) + len(poison)
         dead = [
             RawDeadLetter(self.name, message.body, message.headers, reason)
             for message, reason in poison
@@ -334,14 +343,11 @@ class BrokerSource(ABC, Generic[S]):
             await self._unpause()
         acked = await self._ack(batch)
         self._accepted.inc(len(items))
-        self._counts["accepted"] += len(items)
         if poison:
             self._rejected.inc(len(poison))
             self._dead_lettered.inc(len(poison))
-            self._counts["dead_lettered"] += len(poison)
         if acked:
             self._acked.inc(len(batch))
-            self._counts["acked"] += len(batch)
 
     def _pause(self) -> None:
         self._need_room = True

@@ -280,10 +280,26 @@ class HttpIntake:
         self._received = metrics.events_received.labels(SOURCE_NAME)
         self._accepted = metrics.events_accepted.labels(SOURCE_NAME)
         self._rejected = metrics.events_rejected.labels(SOURCE_NAME)
-        self.totals = {"requests": 0, "accepted": 0, "rejected": 0, "refused_full": 0}
+        # Counts without a Prometheus series of their own; the events' are the metrics'.
+        self._requests = 0  # POSTs to /v1/events with an encoding we read
+        self._refused_full = 0  # answered 503 because the local queue was full
 
     def __repr__(self) -> str:
-        return f"<HttpIntake {self.url}>"
+        return (
+            f"<HttpIntake {self.url}: requests={self._requests}"
+            f" accepted={self._accepted.value} rejected={self._rejected.value}"
+            f" refused_full={self._refused_full}>"
+        )
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """The intake's counts, as ``/v1/stats`` shows them."""
+        return {
+            "requests": self._requests,
+            "accepted": self._accepted.value,
+            "rejected": self._rejected.value,
+            "refused_full": self._refused_full,
+        }
 
     @property
     def url(self) -> str:
@@ -367,7 +383,7 @@ class HttpIntake:
         return response
 
     def _full(self) -> web.Response:
-        self.totals["refused_full"] += 1
+        self._refused_full += 1
         return _json(
             503,
             {"error": "the local queue is full; nothing was stored, try again later"},
@@ -386,7 +402,7 @@ class HttpIntake:
             return _json(
                 415, {"error": f"Content-Encoding {shown!r} is not supported (gzip, deflate)"}
             )
-        self.totals["requests"] += 1
+        self._requests += 1
         if self._token is not None and not self._authorized(request.headers.get("Authorization")):
             return _json(
                 401,
@@ -477,10 +493,8 @@ class HttpIntake:
             log.error("could not store events", extra={"error": str(exc)})
             return _json(500, {"error": "the events could not be stored; nothing was kept"})
         self._accepted.inc(len(items))
-        self.totals["accepted"] += len(items)
         if rejected:
             self._rejected.inc(len(rejected))
-            self.totals["rejected"] += len(rejected)
         return _json(202, outcome(len(items), list(rejected)))
 
     def _map(self, body: bytes, content_type: str) -> Routing | str:
