@@ -140,7 +140,8 @@ class Dispatcher(Isolation):
         # Acks the queue could not write in a row, and until when sending waits for it.
         self._ack_failures = 0
         self._acks_wait_until = 0.0
-        self.crashed: BaseException | None = None
+        self.crashed: BaseException | None = None  # what ended a task of ours, if anything
+        self._send_error: BaseException | None = None  # a send task's, for the loop to raise
         self.counts = DeliveryCounts()
         # The batch outcomes, looked up once: one bump per batch.
         self._batches = {
@@ -170,9 +171,19 @@ class Dispatcher(Isolation):
 
     # --- lifecycle -------------------------------------------------------------------
 
+    @property
+    def tasks(self) -> frozenset[asyncio.Task[None]]:
+        """The feeder and the dispatch loop while they run: they end early only on a
+        crash (a send task's crash ends the loop with its error). The daemon's
+        supervisor waits on them."""
+        return frozenset(self._tasks)
+
     async def start(self) -> None:
-        for coroutine in (self._feed(), self._dispatch()):
-            task = asyncio.create_task(coroutine)
+        for name, coroutine in (
+            ("delivery:feed", self._feed()),
+            ("delivery:loop", self._dispatch()),
+        ):
+            task = asyncio.create_task(coroutine, name=name)
             task.add_done_callback(self._supervise)
             self._tasks.add(task)
 
@@ -255,6 +266,8 @@ class Dispatcher(Isolation):
 
     async def _dispatch(self) -> None:
         while not self._stopping:
+            if self._send_error is not None:
+                raise self._send_error
             now = self._clock()
             if self.halt.blocks(now):
                 await self._sleep_or_wake(self.halt.until - now)
@@ -288,8 +301,9 @@ class Dispatcher(Isolation):
         self._room.set()
         self._wake.set()
         if not task.cancelled() and task.exception() is not None and not self._stopping:
-            self.crashed = task.exception()
-            log.critical("send task crashed", exc_info=task.exception())
+            # The dispatch loop raises it (the wake above gets it there): a crash of
+            # delivery, seen through the loop's task like any other.
+            self._send_error = task.exception()
 
     async def _run_batch(self, batch: Batch) -> None:
         """A send task: the batch in one call; a refusal goes to fault judgement."""

@@ -16,8 +16,8 @@
   client's exceptions) closes the connection and opens a new one after a capped,
   jittered exponential backoff. Messages received but not acked are redelivered by
   the broker, so delivery is at least once; nothing acked is ever missing.
-* **Crashes**: any other exception ends the task and is kept in ``crashed``, which
-  the daemon's supervisor reports; a source never dies silently.
+* **Crashes**: any other exception ends the source's :attr:`~BrokerSource.task`,
+  which the daemon's supervisor waits on; a source never dies silently.
 
 Subclasses implement ``_open``, ``_receive``, ``_ack`` and ``_shutdown`` and may
 override ``_hold``, ``_resume`` and ``_idle``. Each is built as
@@ -164,7 +164,6 @@ class BrokerSource(ABC, Generic[S]):
         self._reconnects = metrics.source_reconnects.labels(name)
         self._paused = metrics.source_paused.labels(name)
         self._paused.set(0)
-        self.crashed: BaseException | None = None
         self.connected = False
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -208,12 +207,24 @@ class BrokerSource(ABC, Generic[S]):
         await asyncio.gather(task, return_exceptions=True)
         self._paused.set(0)
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The consuming task, from start() to close(); it ends early only on a crash."""
+        return self._task
+
+    @property
+    def crashed(self) -> BaseException | None:
+        """The error that ended the task, if it ended on one."""
+        task = self._task
+        if task is None or not task.done() or task.cancelled():
+            return None
+        return task.exception()
+
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
             return
         error = task.exception()
         if error is not None:
-            self.crashed = error
             log.critical(
                 "source stopped on an unexpected error",
                 extra={"source": self.name, "error": redact(repr(error))},

@@ -276,6 +276,7 @@ class HttpIntake:
         self._queue = queue
         self._server: _Server | None = None
         self._listener: asyncio.AbstractServer | None = None
+        self._task: asyncio.Task[None] | None = None
         self._busy: set[_Handler] = set()  # connections with a request in our hands
         self._received = metrics.events_received.labels(SOURCE_NAME)
         self._accepted = metrics.events_accepted.labels(SOURCE_NAME)
@@ -332,13 +333,22 @@ class HttpIntake:
             ) from None
         self._server, self._listener = server, listener
         self.port = int(listener.sockets[0].getsockname()[1])
+        # Serving as a task, like every other stage, so the supervisor can wait on it.
+        self._task = asyncio.create_task(listener.serve_forever(), name="intake:http")
         log.info("HTTP intake listening", extra={"url": self.url})
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The listener's serving task, from start() to close(); the daemon's supervisor
+        waits on it, and its end before close() is a crash of the intake."""
+        return self._task
 
     async def close(self) -> None:
         """Stop accepting connections; requests under way finish first (up to
         ``CLOSE_GRACE_S``), idle connections are closed."""
         listener, self._listener = self._listener, None
         server = self._server
+        task, self._task = self._task, None
         if listener is None or server is None:
             return
         listener.close()
@@ -355,6 +365,9 @@ class HttpIntake:
             await asyncio.sleep(0.01)
         await server.shutdown(1.0)
         await listener.wait_closed()
+        if task is not None:
+            task.cancel()  # uvloop's close() leaves serve_forever() waiting
+            await asyncio.gather(task, return_exceptions=True)
 
     def stats(self) -> dict[str, Any]:
         refused = self._server.refused_connections if self._server is not None else 0
