@@ -104,7 +104,7 @@ class Halt:
         return f"Halt(reason={self.reason!r}, until={self.until})"
 
 
-class Dispatcher(Isolation):
+class Dispatcher:
     """Owns the batcher and the send tasks; start() and close() are symmetric."""
 
     def __init__(
@@ -143,6 +143,19 @@ class Dispatcher(Isolation):
         self.crashed: BaseException | None = None  # what ended a task of ours, if anything
         self._send_error: BaseException | None = None  # a send task's, for the loop to raise
         self.counts = DeliveryCounts()
+        self.isolation = Isolation(
+            batcher,
+            client,
+            auth,
+            retry,
+            metrics,
+            self.counts,
+            send=self._send,
+            dead_letter=self._dead_letter,
+            collections_evidence=self._collections_evidence,
+            stopping=lambda: self._stopping,
+            clock=clock,
+        )
         # The batch outcomes, looked up once: one bump per batch.
         self._batches = {
             outcome: metrics.batches.labels(outcome)
@@ -309,7 +322,7 @@ class Dispatcher(Isolation):
         """A send task: the batch in one call; a refusal goes to fault judgement."""
         outcome = await self._send(batch, batch.entries, batch.collection)
         if isinstance(outcome, Refused):
-            await self._judge_refusal(batch, outcome)
+            await self.isolation.judge_refusal(batch, outcome)
 
     async def _send(
         self, batch: Batch, entries: list[Entry], collection: bool
@@ -499,6 +512,10 @@ class Dispatcher(Isolation):
 
     # --- introspection ---------------------------------------------------------------
 
+    def fault_pauses(self) -> dict[str, Any]:
+        """Lanes paused on a fault every record meets (see :class:`Isolation`)."""
+        return self.isolation.fault_pauses()
+
     @property
     def totals(self) -> dict[str, int]:
         """Delivery's counts, read from where each is kept (the metrics, or ``counts``)."""
@@ -518,7 +535,7 @@ class Dispatcher(Isolation):
     def stats(self) -> dict[str, Any]:
         return {
             "fatal": self.fatal,
-            "faults": self.fault_pauses(),
+            "faults": self.isolation.fault_pauses(),
             "in_flight": self.in_flight.current,
             "in_flight_limit": self.in_flight.limit,
             "latency_ewma_s": self.in_flight.latency_s,
