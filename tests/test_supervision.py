@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,16 @@ async def supervising(daemon: Daemon) -> asyncio.Task[int]:
     return supervisor
 
 
+async def noticed_at_once(daemon: Daemon, crash: Callable[[], object]) -> None:
+    """After ``crash()``, the supervisor returns 1 with no virtual time gone by."""
+    supervisor = await supervising(daemon)
+    loop = asyncio.get_running_loop()
+    crashed_at = loop.time()
+    crash()
+    assert await supervisor == 1
+    assert loop.time() == crashed_at
+
+
 @on_virtual_time
 async def test_a_source_that_crashes_stops_the_daemon_at_once(
     registry: None, tmp_path: Path
@@ -94,14 +104,9 @@ async def test_a_source_that_crashes_stops_the_daemon_at_once(
         tmp_path, FakeTransport(), sources=[{"kind": "tripping", "name": "trips"}]
     )
     try:
-        supervisor = await supervising(daemon)
         (source,) = daemon.sources
         assert isinstance(source, TrippingSource)
-        loop = asyncio.get_running_loop()
-        tripped_at = loop.time()
-        source.trip.set()
-        assert await supervisor == 1
-        assert loop.time() == tripped_at
+        await noticed_at_once(daemon, source.trip.set)
     finally:
         await daemon.close()
 
@@ -111,13 +116,8 @@ async def test_the_http_intake_is_supervised_through_its_task(tmp_path: Path) ->
     """The HTTP intake serves as a task: if it ends, the daemon stops with an error at once."""
     daemon = await started(tmp_path, FakeTransport())
     try:
-        supervisor = await supervising(daemon)
         assert daemon.http is not None and daemon.http.task is not None
-        loop = asyncio.get_running_loop()
-        ended_at = loop.time()
-        daemon.http.task.cancel()
-        assert await supervisor == 1
-        assert loop.time() == ended_at
+        await noticed_at_once(daemon, daemon.http.task.cancel)
     finally:
         await daemon.close()
 
