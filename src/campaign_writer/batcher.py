@@ -74,6 +74,14 @@ class Entry:
     # Failures of this entry sent alone (see campaign_writer.evidence). An entry with
     # strikes is sent alone and merges with nothing, so a verdict is about it only.
     strikes: tuple[Strike, ...] = ()
+    # Wall-clock intake time of the newest record merged in; 0 until a merge (then
+    # ``created_at``, the only record's time, is also the newest).
+    merged_newest_at: float = 0.0
+
+    @property
+    def newest_at(self) -> float:
+        """Wall-clock intake time of the newest record this entry holds."""
+        return self.merged_newest_at or self.created_at
 
     @classmethod
     def of(
@@ -103,6 +111,7 @@ class Entry:
         self.fragment = render_fragment(attrs, operation, theirs.key or mine.key)
         self.ids.extend(newer.ids)
         self.size = len(self.fragment)
+        self.merged_newest_at = max(self.newest_at, newer.newest_at)
         return True
 
 
@@ -139,6 +148,9 @@ class Lane:
     blocked: bool = False  # every pending key is held: wait for a release
     merges: Tally = field(default_factory=Tally)  # entries merged into an earlier one
     health: LaneHealth = field(default_factory=LaneHealth)
+    # Intake (enqueue) time of the newest record Campaign acknowledged, wall clock;
+    # events carry no event time the writer knows of, so enqueue time is what it has.
+    newest_delivered_at: float | None = None
     probing: bool = False  # a probe of this suspect lane is under way
     fallback: str | None = None  # why collections stopped (see Batcher.fall_back)
 
@@ -275,9 +287,16 @@ class Lane:
             self.held.discard(self._slot(entry))
         self.blocked = False
 
-    def stats(self) -> dict[str, object]:
-        """The lane's part of ``/v1/stats``."""
+    def newest_delivered_age(self, now: float) -> float | None:
+        """Seconds from the intake of the newest record delivered to ``now`` (wall clock)."""
+        at = self.newest_delivered_at
+        return None if at is None else max(0.0, now - at)
+
+    def stats(self, now: float | None = None) -> dict[str, object]:
+        """The lane's part of ``/v1/stats``; ``now`` (wall clock) dates the delivery age."""
+        age = self.newest_delivered_age(now) if now is not None else None
         return {
+            "newest_delivered_age_s": None if age is None else round(age, 3),
             "pending_entries": self.count,
             "held_keys": len(self.held),
             "collections": self.collections,
@@ -392,7 +411,13 @@ class Batcher:
 
     def delivered(self, batch: Batch, entries: Iterable[Entry]) -> None:
         """Entries of ``batch`` were acked: the lane's transient failures are over."""
-        batch.lane.failures = 0
+        entries = list(entries)
+        lane = batch.lane
+        lane.failures = 0
+        if entries:
+            newest = max(e.newest_at for e in entries)
+            if lane.newest_delivered_at is None or newest > lane.newest_delivered_at:
+                lane.newest_delivered_at = newest
         self.finished(batch, entries)
 
     def back_off(

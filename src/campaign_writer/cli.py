@@ -21,8 +21,10 @@ __all__ = ["COMMANDS", "build_parser", "main", "run_coroutine"]
 COMMANDS: dict[str, str] = {
     "run": "run",
     "validate": "validate",
+    "scaffold": "scaffold",
     "send": "send",
     "status": "status",
+    "top": "top",
     "dlq": "dlq",
     "simulate": "simulate",
     "bench": "bench",

@@ -27,14 +27,16 @@ from .admin import AdminServer
 from .batcher import Batcher
 from .campaign.auth import Authenticator, create_authenticator
 from .campaign.client import CampaignClient
+from .campaign.schemas import SchemaLookupError, SchemaReader
 from .campaign.transport import HttpTransport, TlsPolicy, Transport
 from .config import Config, split_listen
 from .dispatcher import Dispatcher
-from .errors import AuthError, CampaignError, CampaignWriterError
+from .errors import AuthError, CampaignError, CampaignWriterError, ConfigError
 from .logs import get_logger
 from .metrics import Metrics
 from .queue import DurableQueue
 from .router import Router
+from .schemacheck import Finding, Lookup, check_routes, read_schemas
 from .sources import build_sources
 from .sources.http import HttpIntake
 from .throttle import TenantThrottle
@@ -83,6 +85,10 @@ class Daemon:
         self._campaign_seen = 0.0
         self._campaign_problem: str | None = "not contacted yet"
         self.started_at = time.time()
+        # What the start-up schema check read (campaign.check_schemas), kept in memory for
+        # the life of the process; None when it did not run.
+        self.schemas: dict[str, Lookup] | None = None
+        self.schema_findings: list[Finding] = []
 
     # --- start -----------------------------------------------------------------------
 
@@ -103,6 +109,7 @@ class Daemon:
             synchronous=config.queue.synchronous,
             commit_window_s=config.queue.commit_window_ms / 1000,
         )
+        self.metrics.queue_max_bytes.set(config.queue.max_bytes)
         router = self.router = Router(config.routes, config.intake.invalid_xml_chars)
         self.transport = self._given_transport
         if self.transport is None:
@@ -132,6 +139,8 @@ class Daemon:
         self.auth = create_authenticator(
             campaign.auth, self.client, self.transport, metrics=self.metrics
         )
+        if campaign.check_schemas:
+            await self._check_schemas(self.client, self.auth)
         modes = {route.lane_id: route.collection for route in config.routes}
         batcher = Batcher(
             max_records=config.batch.max_records,
@@ -171,6 +180,39 @@ class Daemon:
                 "auth": campaign.auth.mode,
             },
         )
+
+    async def _check_schemas(self, client: CampaignClient, auth: Authenticator) -> None:
+        """``campaign.check_schemas``: refuse to start when a route does not fit its schema.
+
+        Warnings are logged. An instance out of reach, refused credentials or a refused
+        lookup are warnings too: intake must not depend on Campaign being up, and
+        delivery meets (and reports) the same problems anyway.
+        """
+        routes = self.config.routes
+        try:
+            self.schemas = await read_schemas(routes, SchemaReader(client, auth))
+        except SchemaLookupError as exc:
+            log.warning(
+                "schema check skipped: the schemas could not be read",
+                extra={"kind": exc.kind, "reason": str(exc)},
+            )
+            return
+        self.schema_findings = findings = check_routes(routes, self.schemas)
+        for finding in findings:
+            if finding.severity == "warning":
+                log.warning(
+                    "route does not quite fit its schema",
+                    extra={"route": finding.route, "field": finding.field, "why": finding.message},
+                )
+        errors = [
+            f"routes {f.route!r}{f' field {f.field!r}' if f.field else ''}: {f.message}"
+            for f in findings
+            if f.severity == "error"
+        ]
+        if errors:
+            raise ConfigError(
+                [*errors, "campaign.check_schemas: the routes above do not fit the instance"]
+            )
 
     # --- run -------------------------------------------------------------------------
 
@@ -358,12 +400,20 @@ class Daemon:
 
     def _refresh_gauges(self) -> None:
         self.campaign_state()
+        for check, problem in self.readiness().items():
+            self.metrics.readiness.labels(check).set(0 if problem else 1)
+        self.metrics.auth_ready.set(1 if self.auth is not None and self.auth.ready else 0)
+        if self.dispatcher is not None:
+            ages = self.metrics.lane_newest_delivered_age
+            for lane_id, age in self.dispatcher.newest_delivered_ages().items():
+                ages.labels(*lane_id).set(age)
         if self.queue is None:
             return
         stats = self.queue.stats()
         self.metrics.queue_depth.set(stats.depth)
         self.metrics.queue_bytes.set(stats.bytes)
         self.metrics.dead_letter_depth.set(stats.dead_letters)
+        self.metrics.queue_oldest_age.set(stats.oldest_age_s or 0.0)
 
     def stats(self) -> dict[str, Any]:
         self._refresh_gauges()
@@ -381,6 +431,12 @@ class Daemon:
                 "last_error": self.auth.last_error if self.auth else None,
             },
             "ready": self.readiness(),
-            "campaign": self.campaign_state(),
+            "campaign": {**self.campaign_state(), "tps_limit": self.config.campaign.tps_limit},
             "sources": [getattr(s, "stats", dict)() for s in self.sources],
+            "schema_check": None
+            if self.schemas is None
+            else {
+                "schemas_read": len(self.schemas),
+                "findings": [{"route": f.route, **f.as_dict()} for f in self.schema_findings],
+            },
         }

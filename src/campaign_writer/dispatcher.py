@@ -533,6 +533,7 @@ class Dispatcher:
         }
 
     def stats(self) -> dict[str, Any]:
+        wall = self._wall()
         return {
             "fatal": self.fatal,
             "faults": self.isolation.fault_pauses(),
@@ -543,5 +544,18 @@ class Dispatcher:
             "paused_for_s": round(self.client.paused_for, 3),
             "records_in_memory": self.batcher.pending,
             "totals": self.totals,
-            "lanes": {lane_id.text: lane.stats() for lane_id, lane in self.batcher.lanes.items()},
+            "lanes": {
+                lane_id.text: lane.stats(wall) for lane_id, lane in self.batcher.lanes.items()
+            },
         }
+
+    def newest_delivered_ages(self) -> dict[LaneId, float]:
+        """Per lane that delivered anything: seconds since the newest delivered record's
+        intake (see :attr:`~.batcher.Lane.newest_delivered_at`)."""
+        wall = self._wall()
+        ages = {}
+        for lane_id, lane in self.batcher.lanes.items():
+            age = lane.newest_delivered_age(wall)
+            if age is not None:
+                ages[lane_id] = age
+        return ages

@@ -19,7 +19,7 @@ campaign_writer_events_rejected_total                     ctr    source
 campaign_writer_source_acked_total                        ctr    source
 campaign_writer_source_dead_lettered_total                ctr    source
 campaign_writer_source_reconnects_total                   ctr    source
-campaign_writer_source_redeliveries_total                 ctr    source (RabbitMQ)
+campaign_writer_source_redeliveries_total                 ctr    source (not Kafka)
 campaign_writer_source_paused                             gauge  source
 campaign_writer_records_delivered_total                   ctr    schema, method
 campaign_writer_records_coalesced_total                   ctr    schema, method
@@ -35,18 +35,44 @@ campaign_writer_dead_letter_depth                         gauge
 campaign_writer_in_flight                                 gauge
 campaign_writer_in_flight_limit                           gauge
 campaign_writer_rate_limit                                gauge  (calls per second)
+campaign_writer_campaign_reachable                        gauge
 campaign_writer_call_latency_seconds                      hist   method
 campaign_writer_end_to_end_latency_seconds                hist
 campaign_writer_lane_fault_paused                         gauge  schema, method
 campaign_writer_collection_fallbacks_total                ctr    schema, method
 campaign_writer_partial_collections_total                 ctr    schema, method
+campaign_writer_lane_newest_delivered_age_seconds         gauge  schema, method
+campaign_writer_intake_responses_total                    ctr    source, status
+campaign_writer_queue_oldest_age_seconds                  gauge
+campaign_writer_queue_max_bytes                           gauge
+campaign_writer_build_info                                gauge  version
+campaign_writer_readiness                                 gauge  check
+campaign_writer_auth_ready                                gauge
+process_*, python_info, python_gc_*                       (prometheus-client's own)
 ========================================================  =====  ====================
 
 ``lane_fault_paused`` is 1 while a lane is paused because every record sent on it
 meets the same fault (the instance's fault, not the records'); ``collection_fallbacks``
 counts lanes that went to one record per call; ``partial_collections`` counts Ingest
-collections Campaign stored only in part. ``source_redeliveries`` exists for RabbitMQ
-sources only, so it is not in :data:`METRIC_NAMES` (which every daemon exports).
+collections Campaign stored only in part. ``lane_newest_delivered_age_seconds`` is, per
+lane that delivered anything, the time since the newest record Campaign acknowledged was
+taken in (its enqueue time; the writer knows no event time), refreshed at each scrape:
+compare it with the staging replication lag (``ffdaReplicateStagingData``) to see when a
+record reaches the Cloud DB. ``source_redeliveries`` counts messages a
+broker hands over again: RabbitMQ's redelivered flag, NATS deliveries with
+``num_delivered > 1``, Redis entries re-read from the consumer's pending list or
+claimed from another consumer (XAUTOCLAIM); Kafka says nothing of the kind (a
+rebalance re-reads from the committed offset unannounced), so it has none. It exists
+only with such a source, so it is not in :data:`METRIC_NAMES` (which every daemon
+exports). ``intake_responses`` counts the HTTP intake's answers by status code
+(``source="http"``), the 503s of a full queue or too many connections included.
+``queue_oldest_age_seconds`` is 0 when the queue is empty; ``queue_max_bytes`` is
+``queue.max_bytes``. ``readiness`` is 1 per /readyz check that passes (``queue``,
+``auth``, ``delivery``), 0 while it fails (credentials refused, delivery stopped by a
+fatal answer, the queue full); ``auth_ready`` is 1 while the writer holds credentials
+Campaign took. ``build_info`` is 1, labelled with the package version. The
+process (CPU, memory, open files), platform and garbage-collector collectors of
+prometheus-client are registered on each daemon's registry too.
 """
 
 from __future__ import annotations
@@ -55,6 +81,9 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 
 from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Gauge,
     Histogram,
@@ -63,6 +92,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from . import __version__
 
 __all__ = ["METRIC_NAMES", "BatchHistogram", "CounterFamily", "Metrics", "Tally"]
 
@@ -276,6 +307,25 @@ class Metrics:
             "Ingest collections Campaign stored only in part",
             ("schema", "method"),
         )
+        self.intake_responses = counter(
+            "intake_responses", "Answers of the HTTP intake, by status code", ("source", "status")
+        )
+        self.queue_oldest_age = gauge(
+            "queue_oldest_age_seconds", "Age of the oldest record in the local queue (0 if empty)"
+        )
+        self.queue_max_bytes = gauge("queue_max_bytes", "Capacity of the local queue in bytes")
+        self.readiness = gauge("readiness", "1 while this /readyz check passes, else 0", ("check",))
+        self.auth_ready = gauge("auth_ready", "1 while the writer holds credentials Campaign took")
+        self.build_info = gauge("build_info", "Always 1; labelled with the version", ("version",))
+        self.build_info.labels(__version__).set(1)
+        # prometheus-client's own collectors: CPU, memory, open files, Python, GC.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
+        self.lane_newest_delivered_age = gauge(
+            "lane_newest_delivered_age_seconds",
+            "Seconds since the intake of the newest record Campaign acknowledged on a lane",
+            ("schema", "method"),
+        )
         self.call_latency = Histogram(
             prefix + "call_latency_seconds",
             "Campaign call latency",
@@ -317,9 +367,22 @@ METRIC_NAMES = (
     "campaign_writer_in_flight",
     "campaign_writer_in_flight_limit",
     "campaign_writer_rate_limit",
+    "campaign_writer_campaign_reachable",
     "campaign_writer_call_latency_seconds",
     "campaign_writer_end_to_end_latency_seconds",
     "campaign_writer_lane_fault_paused",
     "campaign_writer_collection_fallbacks_total",
     "campaign_writer_partial_collections_total",
+    "campaign_writer_intake_responses_total",
+    "campaign_writer_queue_oldest_age_seconds",
+    "campaign_writer_queue_max_bytes",
+    "campaign_writer_build_info",
+    "campaign_writer_readiness",
+    "campaign_writer_auth_ready",
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_open_fds",
+    "python_info",
+    "python_gc_collections_total",
+    "campaign_writer_lane_newest_delivered_age_seconds",
 )

@@ -157,6 +157,7 @@ async def delivery(
         max_bytes=1 << 20,
         linger_s=0.0,
         modes={LANE: collection},  # type: ignore[dict-item]
+        merges=metrics.records_coalesced,
     )
     dispatcher = Dispatcher(
         queue,
@@ -555,3 +556,24 @@ async def test_the_dispatcher_never_has_more_calls_in_flight_than_the_cap(
         await until(lambda: rig.totals["delivered"] == 30)
         assert peak == 3
         assert rig.dispatcher.in_flight.limit == 3
+
+
+@on_virtual_time
+async def test_a_lane_reports_the_age_of_the_newest_record_delivered(tmp_path: Path) -> None:
+    """Per lane, the time since the intake of the newest record Campaign acknowledged: a
+    record merged into an older one of its key counts with its own intake time, and the
+    age keeps growing while nothing newer is delivered."""
+    async with delivery(tmp_path) as rig:
+        added_at = rig.now()
+        await rig.add(["old"], age_s=40.0)
+        await rig.add(["k"], age_s=30.0)
+        await rig.add(["k"], age_s=5.0)  # merges into the first "k"
+        await rig.dispatcher.start()
+        await until(lambda: rig.totals["delivered"] == 3)
+        assert rig.metrics.records_coalesced.labels(*LANE).value == 1
+        age = rig.lane_stats()["newest_delivered_age_s"]
+        assert isinstance(age, float) and 5.0 <= age <= 5.0 + rig.now() - added_at + 0.01
+        await asyncio.sleep(60)
+        (lane_id, later), *others = rig.dispatcher.newest_delivered_ages().items()
+        assert lane_id == LANE and not others
+        assert later == pytest.approx(age + 60.0, abs=1.0)

@@ -1,13 +1,16 @@
-"""The metrics module: our histogram and counters export what prometheus_client's would."""
+"""The metrics module: our histogram and counters export what prometheus_client's would,
+registries are independent, and the names are documented."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from campaign_writer.metrics import BatchHistogram, CounterFamily, Metrics
+from campaign_writer.metrics import METRIC_NAMES, BatchHistogram, CounterFamily, Metrics
 
 BUCKETS = (0.05, 0.1, 0.25, 1.0, 10.0)
 
@@ -81,3 +84,47 @@ def test_counter_family_is_the_one_count_stats_read() -> None:
     assert 'campaign_writer_records_delivered_total{method="Write",schema="dem:b"} 4.0' in text
     with pytest.raises(ValueError, match="takes labels"):
         metrics.records_delivered.labels("dem:a")
+
+
+def _documented() -> set[str]:
+    """The names in the table of metrics.py's docstring."""
+    import campaign_writer.metrics as module
+
+    doc = module.__doc__ or ""
+    return {
+        line.split()[0]
+        for line in doc.splitlines()
+        if line.startswith("campaign_writer_") and len(line.split()) >= 2
+    }
+
+
+def test_every_metric_is_documented_and_follows_prometheus_naming() -> None:
+    """Each exported family is in the documented table (or prometheus-client's own) and
+    follows Prometheus conventions: prefix, snake case, _total on counters only, base
+    units (seconds, bytes) in the names of times and sizes."""
+    metrics = Metrics()
+    families = list(metrics.registry.collect())
+    documented = _documented()
+    ours = set()
+    for family in families:
+        name = family.name
+        assert re.fullmatch(r"[a-z][a-z0-9_]*", name), name
+        samples = {sample.name for sample in family.samples}
+        if family.type == "counter":
+            assert all(s.endswith("_total") for s in samples), (name, samples)
+        else:
+            assert not name.endswith("_total"), name
+        for word in ("_ms", "_millis", "_milliseconds", "_kb", "_mib", "_percent", "_minutes"):
+            assert word not in name, name
+        if any(word in name for word in ("latency", "_age", "duration", "_time")):
+            assert name.endswith(("_seconds", "_seconds_total")), name
+        if name.startswith("campaign_writer_"):
+            ours.add(name + ("_total" if family.type == "counter" else ""))
+        else:
+            assert name.startswith(("process_", "python_")), name
+    # source_redeliveries has samples only once a broker source runs.
+    assert ours | {"campaign_writer_source_redeliveries_total"} == documented
+    exported = ours | {f.name + "_total" for f in families if f.type == "counter"}
+    exported |= {f.name for f in families}
+    assert set(METRIC_NAMES) <= exported
+    assert 'campaign_writer_build_info{version="' in metrics.exposition().decode()

@@ -45,6 +45,7 @@ import re
 import time
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -58,7 +59,7 @@ from ..settings import split_listen
 
 if TYPE_CHECKING:
     from ..config import HttpConfig
-    from ..metrics import Metrics
+    from ..metrics import Metrics, Tally
     from ..queue import DurableQueue
     from ..router import Router
 
@@ -189,6 +190,9 @@ def inflate(body: bytes, wbits: int, limit: int) -> bytes:
 class _Handler(web_protocol.RequestHandler):
     """aiohttp's connection handler, with errors answered in this intake's JSON."""
 
+    # Counts an answer by status code (set by the server that made the handler).
+    count_answer: Callable[[int], None] | None = None
+
     def handle_error(
         self,
         request: web.BaseRequest,
@@ -212,6 +216,8 @@ class _Handler(web_protocol.RequestHandler):
             text = "internal error" if status >= 500 else (message or "bad request")[:300]
         response = _json(status, {"error": text}, {"Connection": "close"})
         response.force_close()
+        if self.count_answer is not None:
+            self.count_answer(status)
         return response
 
     @property
@@ -233,16 +239,26 @@ class _Handler(web_protocol.RequestHandler):
 class _Server(web.Server):
     """aiohttp's low-level server, with a cap on concurrent connections."""
 
-    def __init__(self, handler: Any, max_connections: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: Any,
+        max_connections: int,
+        count_answer: Callable[[int], None],
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
         self.max_connections = max_connections
         self.refused_connections = 0
+        self.count_answer = count_answer
 
     def __call__(self) -> asyncio.BaseProtocol:  # type: ignore[override]
         if len(self._connections) >= self.max_connections:
             self.refused_connections += 1
+            self.count_answer(503)
             return _Refuse()
-        return _Handler(self, loop=self._loop, **self._kwargs)
+        connection = _Handler(self, loop=self._loop, **self._kwargs)
+        connection.count_answer = self.count_answer
+        return connection
 
 
 class _Refuse(asyncio.Protocol):
@@ -284,6 +300,8 @@ class HttpIntake:
         # Counts without a Prometheus series of their own; the events' are the metrics'.
         self._requests = 0  # POSTs to /v1/events with an encoding we read
         self._refused_full = 0  # answered 503 because the local queue was full
+        self._answers = metrics.intake_responses
+        self._answer_counters: dict[int, Tally] = {}
 
     def __repr__(self) -> str:
         return (
@@ -314,6 +332,7 @@ class HttpIntake:
         server = _Server(
             self._handle,
             self.max_connections,
+            self._count_answer,
             keepalive_timeout=IDLE_TIMEOUT_S,
             lingering_time=LINGER_S,
             max_line_size=MAX_FIELD_BYTES,
@@ -460,9 +479,18 @@ class HttpIntake:
         assert isinstance(connection, _Handler)
         self._busy.add(connection)
         try:
-            return await self._answer(request)
+            response = await self._answer(request)
         finally:
             self._busy.discard(connection)
+        self._count_answer(response.status)
+        return response
+
+    def _count_answer(self, status: int) -> None:
+        """One more answer with this status in ``intake_responses_total``."""
+        counter = self._answer_counters.get(status)
+        if counter is None:
+            counter = self._answer_counters[status] = self._answers.labels(SOURCE_NAME, str(status))
+        counter.inc()
 
     async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
         refusal = self._refusal(request)
