@@ -476,3 +476,10 @@ fields.a = { path = "it's.{x}\\\"" }
     )
     routed = router.route({"it's": {'{x}"': "v"}})
     assert routed.record == b' a="v"'
+
+
+def test_repr_names_the_routes() -> None:
+    """A router's repr lists its routes by name, in order."""
+    router = Router.from_config(load(EXAMPLE))
+    assert repr(router) == f"Router(routes={[route.name for route in router.routes]!r})"
+    assert "sample" in repr(router)

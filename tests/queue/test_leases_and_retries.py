@@ -332,3 +332,16 @@ def test_insert_records_returns_each_rows_id_whatever_the_chunking(
         connection.close()
     assert ids == list(range(4, 4 + count))
     assert [stored[i] for i in ids] == [item.key for item in new]
+
+
+async def test_repr_shows_depth_leases_and_commits(tmp_path: Path) -> None:
+    """The queue's repr says what it holds: records, leased ones, dead letters, commits."""
+    queue = await DurableQueue.open(tmp_path / "queue.sqlite3")
+    try:
+        await queue.append(items("r", 3))
+        await queue.lease(2)
+        shown = repr(queue)
+        assert "records=3" in shown and "leased=2" in shown and "dead_letters=0" in shown
+    finally:
+        await queue.close()
+    assert repr(queue).endswith("closed>")
