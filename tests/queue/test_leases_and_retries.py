@@ -345,3 +345,21 @@ async def test_repr_shows_depth_leases_and_commits(tmp_path: Path) -> None:
     finally:
         await queue.close()
     assert repr(queue).endswith("closed>")
+
+
+async def test_open_takes_the_constructor_options_and_refuses_unknown_ones(
+    tmp_path: Path,
+) -> None:
+    """open() passes its options to the constructor as they are; a misspelt one is a
+    TypeError naming it, before any file is touched."""
+    clock = WallClock()
+    queue = await DurableQueue.open(
+        tmp_path / "queue.sqlite3", max_bytes=1 << 20, synchronous="NORMAL", clock=clock
+    )
+    try:
+        assert (queue.max_bytes, queue.synchronous) == (1 << 20, "NORMAL")
+    finally:
+        await queue.close()
+    with pytest.raises(TypeError, match="commit_window_ms"):
+        await DurableQueue.open(tmp_path / "other.sqlite3", commit_window_ms=40)  # type: ignore[call-arg]
+    assert not (tmp_path / "other.sqlite3").exists()
