@@ -26,10 +26,10 @@ from pathlib import Path
 
 from lxml import etree
 
-from ..campaign.soap import parse_xml
-from ..campaign.xmltext import check_name, check_qualified_name
-from ..errors import ConfigError, ResponseError
+from ..errors import ConfigError
+from .configtables import check_name, check_qualified_name
 from .schemas import AttributeSpec, SchemaSpec
+from .xmlread import UnreadableXml, read_xml
 from .xtktypes import XTK_TYPES
 
 __all__ = ["MAX_SCHEMA_FILE_BYTES", "load_schema_files", "parse_schema_xml"]
@@ -69,8 +69,8 @@ def _key(element: etree._Element) -> tuple[str, ...]:
 def parse_schema_xml(data: bytes, where: str) -> SchemaSpec:
     """The schema of one ``xtk:srcSchema`` or ``xtk:schema`` document; ConfigError if not one."""
     try:
-        root = parse_xml(data, MAX_SCHEMA_FILE_BYTES)
-    except ResponseError as exc:
+        root = read_xml(data, MAX_SCHEMA_FILE_BYTES)
+    except UnreadableXml as exc:
         raise ConfigError(f"{where}: {exc}") from None
     if _local(root) not in _ROOTS:
         raise ConfigError(f"{where}: expected a <srcSchema> or <schema> root, got <{_local(root)}>")
