@@ -120,3 +120,24 @@ def test_every_pin_is_within_the_ranges_pyproject_declares() -> None:
         and pins[canonicalize_name(requirement.name)] not in requirement.specifier
     ]
     assert outside == []
+
+
+def test_each_broker_kind_names_its_extra_and_that_extra_s_modules() -> None:
+    """sources.EXTRAS (what a missing client is reported by) matches pyproject: each kind's
+    extra exists, is in `all`, and every distribution in it provides only modules the
+    kind lists, so a missing one is named with the right extra."""
+    from campaign_writer.sources import EXTRAS
+
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    in_all = Requirement(extras["all"][0]).extras
+    provides = metadata.packages_distributions()
+    for kind, (extra, modules) in EXTRAS.items():
+        assert extra in extras and extra in in_all, kind
+        for text in extras[extra]:
+            name = canonicalize_name(Requirement(text).name)
+            top = {
+                module
+                for module, dists in provides.items()
+                if name in {canonicalize_name(d) for d in dists} and not module.startswith("_")
+            }
+            assert top and top <= modules, (kind, name, top)
