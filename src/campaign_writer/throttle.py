@@ -7,8 +7,8 @@ Two layers:
    (sliding window, fixed window, token bucket with a small burst) accept best. The
    rate starts at ``tps_limit x headroom`` so network jitter cannot push two
    calls into one server window.
-2. **A hard cap.** asyncio-throttle's sliding window admits at most ``tps_limit``
-   calls in any 1-second window, whatever the pacing decides.
+2. **A hard cap.** A sliding window admits at most ``tps_limit`` calls in any 1-second
+   window, whatever the pacing decides.
 
 On HTTP 429 the whole sink pauses (``Retry-After``, capped, or an exponential
 backoff), and :class:`RateController` lowers the rate to what Campaign was actually
@@ -26,8 +26,6 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-
-from asyncio_throttle.throttler import Throttler
 
 from .backoff import delay
 from .logs import get_logger
@@ -114,31 +112,33 @@ class RateController:
         return True
 
 
-class _Window(Throttler):
-    """asyncio-throttle's sliding window (``rate_limit`` grants per ``period``), run on
-    the throttle's clock so tests can drive it with a fake one."""
+class _Window:
+    """A sliding window: at most ``rate_limit`` grants in any ``period`` seconds, on the
+    throttle's clock so tests can drive it with a fake one."""
 
-    def __init__(self, rate_limit: int, clock: Clock, sleep: Sleep) -> None:
-        super().__init__(rate_limit=rate_limit, period=1.0, retry_interval=0.005)
+    MIN_WAIT_S = 0.005
+
+    def __init__(self, rate_limit: int, clock: Clock, sleep: Sleep, period: float = 1.0) -> None:
+        self.rate_limit = rate_limit
+        self.period = period
         self._clock = clock
-        self._sleep_for = sleep
+        self._sleep = sleep
+        self._grants: deque[float] = deque()
 
-    def flush(self) -> None:
+    def _expire(self) -> None:
         now = self._clock()
-        logs = self._task_logs
-        while logs and now - logs[0] >= self.period:
-            logs.popleft()
+        grants = self._grants
+        while grants and now - grants[0] >= self.period:
+            grants.popleft()
 
     async def acquire(self) -> None:
         while True:
-            self.flush()
-            if len(self._task_logs) < self.rate_limit:
+            self._expire()
+            if len(self._grants) < self.rate_limit:
                 break
             # Sleep exactly until the oldest grant leaves the window, not in polls.
-            await self._sleep_for(
-                max(self.retry_interval, self._task_logs[0] + self.period - self._clock())
-            )
-        self._task_logs.append(self._clock())
+            await self._sleep(max(self.MIN_WAIT_S, self._grants[0] + self.period - self._clock()))
+        self._grants.append(self._clock())
 
 
 class TenantThrottle:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -97,19 +97,50 @@ def execute(args: argparse.Namespace) -> int | Coroutine[Any, Any, int]:
 
 
 def value_lines(config: Config, origins: Origins) -> list[str]:
-    """``path = value  (origin)`` for every key given or defaulted; secrets masked."""
+    """``path = value  (origin)`` for every key given or defaulted; secrets masked: those
+    of a secret's key, and any value holding a secret the config read under another name
+    (a broker URL with its password, a Kafka SASL password)."""
     from ..settings import SECRET_KEYS
 
+    secrets = _secrets_in(config)
     lines = []
     for path, origin in origins.entries():
+        value = _lookup(config, path) if origin == "default" else origins.values.get(path)
         if path.rpartition(".")[2] in SECRET_KEYS:
             shown = "(none)" if origin == "default" else "(secret)"
-        elif origin == "default":
-            shown = _show(_lookup(config, path))
+        elif _shows_secret(str(value), secrets):
+            shown = "(secret)"
         else:
-            shown = _show(origins.values.get(path))
+            shown = _show(value)
         lines.append(f"{path} = {shown}  ({origin})")
     return lines
+
+
+def _shows_secret(text: str, secrets: set[str]) -> bool:
+    """Whether ``text`` is a secret, or holds one long enough not to be an ordinary word."""
+    return any(text == secret or (len(secret) >= 6 and secret in text) for secret in secrets)
+
+
+def _secrets_in(node: Any, found: set[str] | None = None) -> set[str]:
+    """The value of every Secret in a parsed config (dataclasses, mappings, sequences)."""
+    from dataclasses import fields, is_dataclass
+
+    from ..logs import Secret
+
+    found = set() if found is None else found
+    if isinstance(node, Secret):
+        if node.reveal():
+            found.add(node.reveal())
+    elif is_dataclass(node) and not isinstance(node, type):
+        for item in fields(node):
+            _secrets_in(getattr(node, item.name), found)
+    elif isinstance(node, Mapping):
+        for item in node.values():
+            _secrets_in(item, found)
+    elif isinstance(node, list | tuple | set | frozenset):
+        for item in node:
+            _secrets_in(item, found)
+    return found
 
 
 _MISSING = object()
