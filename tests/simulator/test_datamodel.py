@@ -122,6 +122,20 @@ def test_a_schema_file_that_is_not_a_schema_is_refused(document, message) -> Non
         parse_schema_xml(document, "schema_files: x.xml")
 
 
+def test_a_qualified_enumeration_in_a_schema_file_keeps_its_values() -> None:
+    """enum="<ns>:<name>:<enum>" (the compiled spelling) finds the file's enumeration, served
+    under its short name; another schema's enumeration keeps the attribute only."""
+    spec = parse_schema_xml(
+        b'<schema namespace="a" name="b"><enumeration name="c"><value name="x" value="x"/>'
+        b'</enumeration><element name="b"><attribute name="c" enum="a:b:c"/>'
+        b'<attribute name="g" type="byte" enum="nms:recipient:c"/></element></schema>',
+        "schema_files: b.xml",
+    )
+    channel, gender = spec.attributes
+    assert (channel.enum, channel.enum_name) == (("x",), "c")
+    assert (gender.enum, gender.enum_name) == ((), "")
+
+
 async def test_replication_moves_staged_rows_to_their_source(simulator) -> None:
     """On demand, staged rows reach the source schema, merged on its key, stamped, staging empty."""
     creds = await simulator.logon()

@@ -10,9 +10,9 @@ GetEntityIfMoreRecent returns). What the simulator keeps of it:
   ``autoStg``, its ``<attribute>`` children (``name``, ``type``, ``length``,
   ``enum``) and its key: the ``internal`` ``<key>``, else the first, each
   ``<keyfield xpath="@x"/>`` giving a key field;
-* the ``<enumeration>`` an attribute's ``enum`` names (in this file; an enumeration
-  of another schema, ``enum="nms:recipient:gender"``, keeps the attribute but not
-  its values).
+* the ``<enumeration>`` an attribute's ``enum`` names (in this file, by its short
+  name or qualified by the schema's id; an enumeration of another schema,
+  ``enum="nms:recipient:gender"``, keeps the attribute but not its values).
 
 Links, nested elements, SQL names and everything else are left out: the simulator
 stores records flat, as a staging table holds them. Files are parsed with the
@@ -24,8 +24,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from lxml import etree
-
+from ..campaign.schemaxml import (
+    children,
+    enumeration_values,
+    enumerations,
+    is_true,
+    key_fields,
+    local_name,
+    main_element,
+)
 from ..campaign.soap import parse_xml
 from ..campaign.xmltext import check_name, check_qualified_name
 from ..errors import ConfigError, ResponseError
@@ -36,34 +43,6 @@ __all__ = ["MAX_SCHEMA_FILE_BYTES", "load_schema_files", "parse_schema_xml"]
 
 MAX_SCHEMA_FILE_BYTES = 8 * 1024 * 1024
 _ROOTS = frozenset({"srcSchema", "schema"})
-_TRUE = frozenset({"true", "1", "yes"})
-
-
-def _local(node: etree._Element) -> str:
-    return etree.QName(node).localname if isinstance(node.tag, str) else ""
-
-
-def _children(node: etree._Element, name: str) -> list[etree._Element]:
-    return [child for child in node if _local(child) == name]
-
-
-def _enumerations(root: etree._Element) -> dict[str, tuple[str, ...]]:
-    found: dict[str, tuple[str, ...]] = {}
-    for enumeration in _children(root, "enumeration"):
-        values = tuple(
-            value.get("value", value.get("name", "")) for value in _children(enumeration, "value")
-        )
-        found[enumeration.get("name", "")] = tuple(v for v in values if v)
-    return found
-
-
-def _key(element: etree._Element) -> tuple[str, ...]:
-    keys = _children(element, "key")
-    if not keys:
-        return ()
-    chosen = next((k for k in keys if k.get("internal", "").lower() in _TRUE), keys[0])
-    fields = [f.get("xpath", "") for f in _children(chosen, "keyfield")]
-    return tuple(xpath[1:] for xpath in fields if xpath.startswith("@"))
 
 
 def parse_schema_xml(data: bytes, where: str) -> SchemaSpec:
@@ -72,18 +51,19 @@ def parse_schema_xml(data: bytes, where: str) -> SchemaSpec:
         root = parse_xml(data, MAX_SCHEMA_FILE_BYTES)
     except ResponseError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    if _local(root) not in _ROOTS:
-        raise ConfigError(f"{where}: expected a <srcSchema> or <schema> root, got <{_local(root)}>")
+    if local_name(root) not in _ROOTS:
+        raise ConfigError(
+            f"{where}: expected a <srcSchema> or <schema> root, got <{local_name(root)}>"
+        )
     namespace, name = root.get("namespace", ""), root.get("name", "")
     schema_id = f"{namespace}:{name}"
     check_qualified_name(schema_id, f"{where}: namespace and name")
-    elements = _children(root, "element")
-    if not elements:
+    main = main_element(root, name)
+    if main is None:
         raise ConfigError(f"{where}: {schema_id} has no <element>")
-    main = next((e for e in elements if e.get("name") == name), elements[0])
-    enumerations = _enumerations(root)
+    found = enumerations(root)
     attributes = []
-    for node in _children(main, "attribute"):
+    for node in children(main, "attribute"):
         attribute = node.get("name", "")
         check_name(attribute, f"{where}: attribute")
         type_name = node.get("type", "string")
@@ -95,15 +75,16 @@ def parse_schema_xml(data: bytes, where: str) -> SchemaSpec:
             if not raw_length.isdigit() or int(raw_length) < 1:
                 raise ConfigError(f"{where}: attribute {attribute!r}: length {raw_length!r}")
             length = int(raw_length)
-        enum_name = node.get("enum", "")
-        enum = enumerations.get(enum_name, ())
+        # Served under its short name, whichever way the file spells it.
+        enum_name = node.get("enum", "").rpartition(":")[2]
+        enum = enumeration_values(found, node.get("enum", ""), (schema_id,))
         attributes.append(
             AttributeSpec(attribute, type_name, length, enum, enum_name if enum else "")
         )
     if not attributes:
         raise ConfigError(f"{where}: {schema_id} has no attribute on its main element")
     names = {a.name for a in attributes}
-    keys = _key(main)
+    keys = key_fields(main)
     for key in keys:
         if key not in names:
             raise ConfigError(f"{where}: key field {key!r} is not an attribute of {schema_id}")
@@ -111,7 +92,7 @@ def parse_schema_xml(data: bytes, where: str) -> SchemaSpec:
         schema_id,
         tuple(attributes),
         keys,
-        main.get("autoStg", "").lower() in _TRUE,
+        is_true(main.get("autoStg")),
         root.get("label", ""),
     )
 
