@@ -127,7 +127,8 @@ def _read_enum(
     if raw is MISSING:
         return ()
     if not isinstance(raw, list) or not raw:
-        section.problem("enum", f"expected a non-empty array of values, got {describe(raw)}")
+        got = "an empty array" if raw == [] else describe(raw)
+        section.problem("enum", f"expected a non-empty array of values, got {got}")
         return ()
     if type_name not in XTK_TYPES:
         return ()
