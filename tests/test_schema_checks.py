@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -346,6 +347,32 @@ async def test_start_up_check_refuses_routes_that_do_not_fit(instance, tmp_path)
     assert "routes 'misspelled' field 'firstNmae': attribute 'firstNmae'" in problems[0]
     assert len(problems) == 8 and problems[-1].startswith("campaign.check_schemas")
     assert daemon.http is None  # intake never opened
+
+
+async def test_run_prints_each_start_up_problem_on_its_own_line(instance, tmp_path) -> None:
+    """`run` with campaign.check_schemas and misfitting routes exits 1, one problem a line."""
+    path = write_config(tmp_path, instance.url, MISTAKES)
+    path.write_text(
+        path.read_text().replace("[campaign]\n", "[campaign]\ncheck_schemas = true\n", 1)
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "campaign_writer",
+        "run",
+        "--config",
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    lines = stderr.decode().splitlines()
+    assert process.returncode == 1, lines
+    start = lines.index("campaign-writer: cannot start:")
+    problems = [line for line in lines[start + 1 :] if line.startswith("  ")]
+    assert len(problems) == 8, lines
+    assert problems[0].startswith("  routes 'misspelled' field 'firstNmae'")
+    assert problems[-1].startswith("  campaign.check_schemas")
 
 
 async def test_start_up_check_logs_warnings_and_keeps_what_it_read(
