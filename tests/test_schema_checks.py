@@ -329,6 +329,19 @@ async def test_scaffold_refuses_what_it_cannot_read(instance, tmp_path, capsys) 
     assert "no staging twin" in capsys.readouterr().err
 
 
+async def test_scaffold_reads_a_file_with_the_hardened_parser(tmp_path, capsys) -> None:
+    """A schema file declaring entities (a billion-laughs shape) is refused, not expanded."""
+    laughs = tmp_path / "laughs.xml"
+    laughs.write_text(
+        '<!DOCTYPE s [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+        '<srcSchema namespace="a" name="b" label="&b;"><element name="b">'
+        '<attribute name="x"/></element></srcSchema>'
+    )
+    assert await run("scaffold", "a:b", "--file", str(laughs)) == 1
+    captured = capsys.readouterr()
+    assert "DTD or entities" in captured.err and "aaaaaaaaaa" not in captured.out
+
+
 # --- the start-up check ---------------------------------------------------------------------
 
 

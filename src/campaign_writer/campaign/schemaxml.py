@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from lxml import etree
 
 __all__ = [
+    "MAX_SCHEMA_FILE_BYTES",
+    "SCHEMA_ROOTS",
     "children",
     "enumeration_values",
     "enumerations",
@@ -28,6 +30,10 @@ __all__ = [
     "main_element",
 ]
 
+# An exported schema file larger than this is refused (the biggest built-ins are far smaller).
+MAX_SCHEMA_FILE_BYTES = 8 * 1024 * 1024
+# The roots of a schema document: the source a developer edits, or the compiled form.
+SCHEMA_ROOTS = frozenset({"srcSchema", "schema"})
 _TRUE = frozenset({"true", "1", "yes"})
 
 

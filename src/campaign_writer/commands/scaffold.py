@@ -62,17 +62,16 @@ def _print(schema: InstanceSchema, origin: str) -> int:
 def _from_file(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from lxml import etree
-
     from ..campaign.schemas import parse_schema
+    from ..campaign.schemaxml import MAX_SCHEMA_FILE_BYTES, SCHEMA_ROOTS, local_name
     from ..campaign.soap import parse_xml
     from ..errors import ResponseError
 
     try:
-        root = parse_xml(Path(args.file).read_bytes(), 8 * 1024 * 1024)
+        root = parse_xml(Path(args.file).read_bytes(), MAX_SCHEMA_FILE_BYTES)
     except (OSError, ResponseError) as exc:
         return _fail(f"{args.file}: {exc}", 1)
-    if etree.QName(root).localname not in ("srcSchema", "schema"):
+    if local_name(root) not in SCHEMA_ROOTS:
         return _fail(f"{args.file}: not an exported schema (<srcSchema> or <schema>)", 1)
     file_id = f"{root.get('namespace', '')}:{root.get('name', '')}"
     if args.schema not in (file_id, f"{file_id}Stg"):

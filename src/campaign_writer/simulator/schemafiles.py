@@ -25,6 +25,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..campaign.schemaxml import (
+    MAX_SCHEMA_FILE_BYTES,
+    SCHEMA_ROOTS,
     children,
     enumeration_values,
     enumerations,
@@ -41,9 +43,6 @@ from .xtktypes import XTK_TYPES
 
 __all__ = ["MAX_SCHEMA_FILE_BYTES", "load_schema_files", "parse_schema_xml"]
 
-MAX_SCHEMA_FILE_BYTES = 8 * 1024 * 1024
-_ROOTS = frozenset({"srcSchema", "schema"})
-
 
 def parse_schema_xml(data: bytes, where: str) -> SchemaSpec:
     """The schema of one ``xtk:srcSchema`` or ``xtk:schema`` document; ConfigError if not one."""
@@ -51,7 +50,7 @@ def parse_schema_xml(data: bytes, where: str) -> SchemaSpec:
         root = parse_xml(data, MAX_SCHEMA_FILE_BYTES)
     except ResponseError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    if local_name(root) not in _ROOTS:
+    if local_name(root) not in SCHEMA_ROOTS:
         raise ConfigError(
             f"{where}: expected a <srcSchema> or <schema> root, got <{local_name(root)}>"
         )
