@@ -172,6 +172,23 @@ async def test_replication_runs_on_its_interval(simulator_factory) -> None:
     assert [r["id"] for r in await simulator.records("dem:sampleTable")] == ["r1"]
 
 
+async def test_a_new_replication_interval_applies_at_once(simulator_factory) -> None:
+    """replicate_interval_s changed at runtime from an hour to 50 ms: rows move without
+    waiting for the hour to run out."""
+    simulator = await simulator_factory(replicate_interval_s=3600.0)
+    await simulator.control(replicate_interval_s=0.05)
+    creds = await simulator.logon()
+    reply = await simulator.write(
+        "Ingest", '<sampleTableStg xtkschema="dem:sampleTableStg" id="r2"/>', creds
+    )
+    assert isinstance(reply.outcome(), Ok)
+    for _ in range(250):
+        if await simulator.records("dem:sampleTable"):
+            break
+        await asyncio.sleep(0.02)
+    assert [r["id"] for r in await simulator.records("dem:sampleTable")] == ["r2"]
+
+
 def test_schema_files_and_replication_are_flags_too() -> None:
     """`simulate --schema-files A,B --replicate-interval-s N` sets both knobs."""
     from campaign_writer.cli import build_parser
