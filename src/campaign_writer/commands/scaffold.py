@@ -21,7 +21,10 @@ if TYPE_CHECKING:
 
 __all__ = ["HELP", "configure", "execute"]
 
-HELP = "Print a TOML route for a schema, read from the instance (--remote) or a file (--file)."
+HELP = (
+    "Print a TOML route for a schema, read from the instance (--remote) or a file (--file);"
+    " exit 1 if there is no such schema, 2 if Campaign cannot be reached."
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
