@@ -6,12 +6,14 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from lxml import etree
 
 from campaign_writer.campaign import soap
 from campaign_writer.campaign.outcome import Ok
 from campaign_writer.errors import ConfigError
 from campaign_writer.simulator.config import load_config
 from campaign_writer.simulator.schemafiles import load_schema_files, parse_schema_xml
+from campaign_writer.simulator.schemas import Catalog
 
 SCHEMAS = Path(__file__).parent / "schemas"
 ACME = SCHEMAS / "acme-event.xml"
@@ -134,6 +136,19 @@ def test_a_qualified_enumeration_in_a_schema_file_keeps_its_values() -> None:
     channel, gender = spec.attributes
     assert (channel.enum, channel.enum_name) == (("x",), "c")
     assert (gender.enum, gender.enum_name) == ((), "")
+
+
+def test_an_enumeration_is_served_once_before_the_element() -> None:
+    """Two attributes sharing an enumeration: the served document lists it once, ahead of
+    the main element, as Campaign's compiled schemas do."""
+    spec = parse_schema_xml(
+        b'<srcSchema namespace="a" name="b"><element name="b">'
+        b'<attribute name="home" enum="c"/><attribute name="work" enum="c"/></element>'
+        b'<enumeration name="c"><value name="x" value="x"/></enumeration></srcSchema>',
+        "schema_files: b.xml",
+    )
+    root = etree.fromstring(Catalog((spec,)).get("a:b").xml())
+    assert [child.tag for child in root] == ["enumeration", "element"]
 
 
 async def test_replication_moves_staged_rows_to_their_source(simulator) -> None:
