@@ -342,6 +342,24 @@ async def test_scaffold_reads_a_file_with_the_hardened_parser(tmp_path, capsys) 
     assert "DTD or entities" in captured.err and "aaaaaaaaaa" not in captured.out
 
 
+async def test_scaffold_output_stays_toml_whatever_the_schema_says(tmp_path, capsys) -> None:
+    """A label with a line break, an attribute name TOML cannot take bare, quotes in an
+    enumeration value: the printed route is still valid TOML, with no key smuggled in."""
+    odd = tmp_path / "odd.xml"
+    odd.write_text(
+        '<srcSchema namespace="a" name="b" label="Shop&#10;name = &quot;x&quot;">'
+        '<enumeration name="c"><value name="q" value="v&quot;1"/></enumeration>'
+        '<element name="b"><attribute name="x y" enum="c"/>'
+        '<attribute name="n" type="long" enum="d"/></element>'
+        '<enumeration name="d"><value name="sq" value="\u00b2"/></enumeration></srcSchema>'
+    )
+    assert await run("scaffold", "a:b", "--file", str(odd)) == 0
+    (route,) = tomllib.loads(capsys.readouterr().out)["routes"]
+    assert route["name"] == "b"
+    assert route["fields"]["x y"]["enum"] == ['v"1']
+    assert route["fields"]["n"]["enum"] == ["\u00b2"]
+
+
 # --- the start-up check ---------------------------------------------------------------------
 
 
