@@ -329,6 +329,28 @@ async def test_scaffold_refuses_what_it_cannot_read(instance, tmp_path, capsys) 
     assert "no staging twin" in capsys.readouterr().err
 
 
+async def test_scaffold_takes_its_schema_from_an_exported_package(tmp_path, capsys) -> None:
+    """--file may be a data package: the schema named (or its twin's source) is the one
+    scaffolded; a schema the package lacks is refused, listing what it holds."""
+    package = tmp_path / "package.xml"
+    package.write_text(
+        '<package><entities schema="xtk:srcSchema">'
+        + ACME.read_text(encoding="utf-8").split("?>", 1)[1]
+        + '<srcSchema namespace="a" name="b"><element name="b"><attribute name="x"/>'
+        "</element></srcSchema></entities></package>",
+        encoding="utf-8",
+    )
+    assert await run("scaffold", "acme:eventStg", "--file", str(package)) == 0
+    (route,) = tomllib.loads(capsys.readouterr().out)["routes"]
+    assert (route["schema"], route["method"], route["key"]) == (
+        "acme:eventStg",
+        "IngestExt",
+        ["eventId"],
+    )
+    assert await run("scaffold", "a:z", "--file", str(package)) == 1
+    assert "holds acme:event, a:b, not a:z" in capsys.readouterr().err
+
+
 async def test_scaffold_reads_a_file_with_the_hardened_parser(tmp_path, capsys) -> None:
     """A schema file declaring entities (a billion-laughs shape) is refused, not expanded."""
     laughs = tmp_path / "laughs.xml"

@@ -12,7 +12,7 @@ from campaign_writer.campaign import soap
 from campaign_writer.campaign.outcome import Ok
 from campaign_writer.errors import ConfigError
 from campaign_writer.simulator.config import load_config
-from campaign_writer.simulator.schemafiles import load_schema_files, parse_schema_xml
+from campaign_writer.simulator.schemafiles import load_schema_files, parse_schema_file
 from campaign_writer.simulator.schemas import Catalog
 
 SCHEMAS = Path(__file__).parent / "schemas"
@@ -121,13 +121,31 @@ def test_schema_files_are_relative_to_the_config_file(tmp_path) -> None:
 def test_a_schema_file_that_is_not_a_schema_is_refused(document, message) -> None:
     """Each kind of unusable schema file gets a clear ConfigError naming what is wrong."""
     with pytest.raises(ConfigError, match=message):
-        parse_schema_xml(document, "schema_files: x.xml")
+        parse_schema_file(document, "schema_files: x.xml")
+
+
+def test_a_package_of_schemas_is_loaded_whole() -> None:
+    """A data package as the console exports it (<package><entities schema=
+    "xtk:srcSchema">) gives each schema it holds; other entities are passed over."""
+    (first, second) = parse_schema_file(
+        b'<package><entities schema="nms:recipient"><recipient email="a@b.c"/></entities>'
+        b'<entities schema="xtk:srcSchema">'
+        b'<srcSchema namespace="a" name="b"><element name="b"><attribute name="x"/>'
+        b"</element></srcSchema>"
+        b'<srcSchema namespace="a" name="c"><element name="c" autoStg="true">'
+        b'<attribute name="y" type="long"/></element></srcSchema>'
+        b"</entities></package>",
+        "schema_files: pkg.xml",
+    )
+    assert (first.id, second.id, second.auto_stg) == ("a:b", "a:c", True)
+    with pytest.raises(ConfigError, match="expected a <srcSchema> or <schema> root"):
+        parse_schema_file(b"<package/>", "schema_files: empty.xml")
 
 
 def test_a_qualified_enumeration_in_a_schema_file_keeps_its_values() -> None:
     """enum="<ns>:<name>:<enum>" (the compiled spelling) finds the file's enumeration, served
     under its short name; another schema's enumeration keeps the attribute only."""
-    spec = parse_schema_xml(
+    (spec,) = parse_schema_file(
         b'<schema namespace="a" name="b"><enumeration name="c"><value name="x" value="x"/>'
         b'</enumeration><element name="b"><attribute name="c" enum="a:b:c"/>'
         b'<attribute name="g" type="byte" enum="nms:recipient:c"/></element></schema>',
@@ -141,7 +159,7 @@ def test_a_qualified_enumeration_in_a_schema_file_keeps_its_values() -> None:
 def test_an_enumeration_is_served_once_before_the_element() -> None:
     """Two attributes sharing an enumeration: the served document lists it once, ahead of
     the main element, as Campaign's compiled schemas do."""
-    spec = parse_schema_xml(
+    (spec,) = parse_schema_file(
         b'<srcSchema namespace="a" name="b"><element name="b">'
         b'<attribute name="home" enum="c"/><attribute name="work" enum="c"/></element>'
         b'<enumeration name="c"><value name="x" value="x"/></enumeration></srcSchema>',

@@ -28,6 +28,7 @@ __all__ = [
     "key_fields",
     "local_name",
     "main_element",
+    "schema_documents",
 ]
 
 # An exported schema file larger than this is refused (the biggest built-ins are far smaller).
@@ -50,6 +51,22 @@ def local_name(node: etree._Element) -> str:
 def children(node: etree._Element, name: str) -> list[etree._Element]:
     """The direct children called ``name`` (any namespace)."""
     return [child for child in node if local_name(child) == name]
+
+
+def schema_documents(root: etree._Element) -> list[etree._Element]:
+    """The schema documents a file holds: the root itself when it is one, or those in a
+    data package as Campaign exports it (``<package><entities schema="xtk:srcSchema">
+    <srcSchema .../></entities></package>``); none when it is neither."""
+    if local_name(root) in SCHEMA_ROOTS:
+        return [root]
+    if local_name(root) != "package":
+        return []
+    return [
+        document
+        for entities in children(root, "entities")
+        for document in entities
+        if local_name(document) in SCHEMA_ROOTS
+    ]
 
 
 def main_element(root: etree._Element, schema_name: str) -> etree._Element | None:

@@ -2,8 +2,9 @@
 
 ``schema_files = ["acme-event.xml"]`` in the simulator's config makes it a stand-in
 for *their* instance: each file holds one ``xtk:srcSchema`` (what a developer edits
-and exports from the console) or ``xtk:schema`` (the compiled form that
-GetEntityIfMoreRecent returns). What the simulator keeps of it:
+in the console) or ``xtk:schema`` (the compiled form that GetEntityIfMoreRecent
+returns), or a data package of them as the console exports it (``<package>`` with
+``<entities schema="xtk:srcSchema">``). What the simulator keeps of each:
 
 * the id, ``namespace:name`` of the root, and its ``label``;
 * the main ``<element>`` (the one named like the schema, else the first): its
@@ -24,9 +25,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from lxml import etree
+
 from ..campaign.schemaxml import (
     MAX_SCHEMA_FILE_BYTES,
-    SCHEMA_ROOTS,
     children,
     enumeration_values,
     enumerations,
@@ -34,6 +36,7 @@ from ..campaign.schemaxml import (
     key_fields,
     local_name,
     main_element,
+    schema_documents,
 )
 from ..campaign.soap import parse_xml
 from ..campaign.xmltext import check_name, check_qualified_name
@@ -41,19 +44,25 @@ from ..errors import ConfigError, ResponseError
 from .schemas import AttributeSpec, SchemaSpec
 from .xtktypes import XTK_TYPES
 
-__all__ = ["MAX_SCHEMA_FILE_BYTES", "load_schema_files", "parse_schema_xml"]
+__all__ = ["MAX_SCHEMA_FILE_BYTES", "load_schema_files", "parse_schema_file"]
 
 
-def parse_schema_xml(data: bytes, where: str) -> SchemaSpec:
-    """The schema of one ``xtk:srcSchema`` or ``xtk:schema`` document; ConfigError if not one."""
+def parse_schema_file(data: bytes, where: str) -> tuple[SchemaSpec, ...]:
+    """Every schema of a file: one document, or a data package of them, as exported."""
     try:
         root = parse_xml(data, MAX_SCHEMA_FILE_BYTES)
     except ResponseError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    if local_name(root) not in SCHEMA_ROOTS:
+    documents = schema_documents(root)
+    if not documents:
         raise ConfigError(
-            f"{where}: expected a <srcSchema> or <schema> root, got <{local_name(root)}>"
+            f"{where}: expected a <srcSchema> or <schema> root (or a <package> of them),"
+            f" got <{local_name(root)}>"
         )
+    return tuple(_spec(document, where) for document in documents)
+
+
+def _spec(root: etree._Element, where: str) -> SchemaSpec:
     namespace, name = root.get("namespace", ""), root.get("name", "")
     schema_id = f"{namespace}:{name}"
     check_qualified_name(schema_id, f"{where}: namespace and name")
@@ -98,11 +107,11 @@ def parse_schema_xml(data: bytes, where: str) -> SchemaSpec:
 
 def load_schema_files(paths: Iterable[str]) -> tuple[SchemaSpec, ...]:
     """Every file's schema, in order; ConfigError names the file that cannot be used."""
-    specs = []
+    specs: list[SchemaSpec] = []
     for path in paths:
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
             raise ConfigError(f"schema_files: cannot read {path}: {exc.strerror}") from None
-        specs.append(parse_schema_xml(data, f"schema_files: {path}"))
+        specs.extend(parse_schema_file(data, f"schema_files: {path}"))
     return tuple(specs)
