@@ -13,7 +13,6 @@ from typing import Any
 import orjson
 import pytest
 
-from campaign_writer.campaign.documents import decode_record
 from campaign_writer.cli import build_parser, main
 from campaign_writer.commands import send
 from campaign_writer.config import load
@@ -23,6 +22,7 @@ from campaign_writer.queue import DurableQueue
 from campaign_writer.router import Router
 from campaign_writer.sources import http as http_module
 from campaign_writer.sources.http import HttpIntake
+from tests.support.documents import decode_record
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "example.toml"
 

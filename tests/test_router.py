@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from campaign_writer.campaign.documents import build_entity, decode_record
 from campaign_writer.config import Config, from_mapping, load
 from campaign_writer.errors import ConfigError, RecordError
 from campaign_writer.router import Router
+from tests.support.documents import build_entity, decode_record
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "example.toml"
 
@@ -491,3 +491,10 @@ fields.a = { path = "it's.{x}\\\"" }
     )
     routed = router.route({"it's": {'{x}"': "v"}})
     assert routed.record == b' a="v"'
+
+
+def test_repr_names_the_routes() -> None:
+    """A router's repr lists its routes by name, in order."""
+    router = Router.from_config(load(EXAMPLE))
+    assert repr(router) == f"Router(routes={[route.name for route in router.routes]!r})"
+    assert "sample" in repr(router)

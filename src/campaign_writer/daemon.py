@@ -7,14 +7,16 @@ events, delivery finishes or releases its in-flight batches within
 ``daemon.shutdown_timeout_s``, then auth logs off and the queue closes. Whatever was
 not delivered stays in the queue; the next start resumes it.
 
-One supervisor (:meth:`Daemon.wait`) watches every long-running task: a stage that
-crashes stops the daemon with an error instead of disappearing silently.
+One supervisor (:meth:`Daemon.wait`) waits on every stage's long-running task
+(delivery's feeder and loop, the HTTP intake's listener, each source, the Campaign
+probe) and on the stop request, whichever ends first: a stage whose task ends before
+shutdown has crashed, and stops the daemon with an error at once instead of
+disappearing silently.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -145,6 +147,7 @@ class Daemon:
             max_bytes=config.batch.max_bytes,
             linger_s=config.batch.linger_ms / 1000.0,
             modes=modes,
+            merges=self.metrics.records_coalesced,
         )
         self.dispatcher = Dispatcher(
             self.queue,
@@ -218,28 +221,39 @@ class Daemon:
         self._stopped.set()
 
     async def wait(self) -> int:
-        """Run until stop() or until a stage crashes; returns the exit code."""
-        while not self._stopped.is_set():
-            crashed = self._crashed_stage()
-            if crashed is not None:
-                log.critical("a stage crashed; shutting down", extra={"stage": crashed})
-                return 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), 1.0)
-        return 0
+        """Run until stop() or until a stage's task ends; returns the exit code (1 when a
+        stage crashed). Waits on the tasks themselves: a crash is seen the moment it
+        happens."""
+        stages = self._stage_tasks()
+        stop = asyncio.ensure_future(self._stopped.wait())
+        try:
+            done, _ = await asyncio.wait({stop, *stages}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if self._stopped.is_set():
+            return 0
+        ended = next(task for task in done if task is not stop)
+        if ended.cancelled():
+            why = "its task was cancelled"
+        else:
+            error = ended.exception()
+            why = repr(error) if error is not None else "its task ended"
+        log.critical("a stage crashed; shutting down", extra={"stage": f"{stages[ended]}: {why}"})
+        return 1
 
-    def _crashed_stage(self) -> str | None:
-        if self.dispatcher is not None and self.dispatcher.crashed is not None:
-            return f"delivery: {self.dispatcher.crashed!r}"
+    def _stage_tasks(self) -> dict[asyncio.Task[Any], str]:
+        """Every stage's long-running task, by the stage's name."""
+        stages: dict[asyncio.Task[Any], str] = {}
+        if self.dispatcher is not None:
+            stages.update(dict.fromkeys(self.dispatcher.tasks, "delivery"))
+        if self.http is not None and self.http.task is not None:
+            stages[self.http.task] = "http intake"
         for source in self.sources:
-            crashed = getattr(source, "crashed", None)
-            if crashed is not None:
-                return f"source {source.name}: {crashed!r}"
-        if self._probe is not None and self._probe.done() and not self._probe.cancelled():
-            error = self._probe.exception()
-            if error is not None:
-                return f"campaign probe: {error!r}"
-        return None
+            if source.task is not None:
+                stages[source.task] = f"source {source.name}"
+        if self._probe is not None:
+            stages[self._probe] = "campaign probe"
+        return stages
 
     # --- stop ------------------------------------------------------------------------
 

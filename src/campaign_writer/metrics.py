@@ -5,6 +5,11 @@ Names are a contract: ``test_every_documented_metric_is_exported`` (in
 Counters are bumped per batch or per request, never per record in
 a hot loop. Each daemon owns its own registry, so several can run in one process.
 
+Each count is kept once. A counter here is a :class:`CounterFamily`: plain integers,
+one per label set, that Prometheus reads at scrape time and that a stage's
+``stats()`` and ``__repr__`` read too (``family.labels(...).value``,
+``family.total()``); no stage keeps a second tally of its own.
+
 ========================================================  =====  ====================
 name                                                      type   labels
 ========================================================  =====  ====================
@@ -80,18 +85,17 @@ from prometheus_client import (
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
     CollectorRegistry,
-    Counter,
     Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from . import __version__
 
-__all__ = ["METRIC_NAMES", "BatchHistogram", "Metrics"]
+__all__ = ["METRIC_NAMES", "BatchHistogram", "CounterFamily", "Metrics", "Tally"]
 
 # The *_created series double the exposition for no use of ours.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -138,6 +142,88 @@ class BatchHistogram(Collector):
         )
 
 
+class Tally:
+    """One count: a plain integer, bumped from the event loop only."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+    def __repr__(self) -> str:
+        return f"Tally({self.value})"
+
+
+class CounterFamily(Collector):
+    """A Prometheus counter whose counts are plain integers, one :class:`Tally` per label set.
+
+    prometheus_client's Counter takes a lock and checks its labels on every bump, and
+    its value is private, so stages kept their own tallies beside it. This one is the
+    tally: ``labels(...)`` returns the label set's :class:`Tally` (creating it at zero,
+    so it is exported from then on), stages bump it from the event loop, and Prometheus,
+    ``/v1/stats`` and ``__repr__`` all read the same integers. Without labels the family
+    itself counts (``inc()``, ``value``). Exported as ``<name>_total``, like Counter.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: tuple[str, ...],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self._tallies: dict[tuple[str, ...], Tally] = {}
+        self._unlabelled = Tally() if not labelnames else None
+        registry.register(self)
+
+    def labels(self, *values: str) -> Tally:
+        tally = self._tallies.get(values)
+        if tally is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, not {values}")
+            tally = self._tallies[values] = Tally()
+        return tally
+
+    def _own(self) -> Tally:
+        if self._unlabelled is None:
+            raise ValueError(f"{self.name} counts by {self.labelnames}: use labels()")
+        return self._unlabelled
+
+    def inc(self, amount: int = 1) -> None:
+        self._own().value += amount
+
+    @property
+    def value(self) -> int:
+        return self._own().value
+
+    def total(self) -> int:
+        """The sum over every label set."""
+        if self._unlabelled is not None:
+            return self._unlabelled.value
+        return sum(tally.value for tally in self._tallies.values())
+
+    def values(self) -> dict[tuple[str, ...], int]:
+        """Each label set's count."""
+        return {labels: tally.value for labels, tally in self._tallies.items()}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        if self._unlabelled is not None:
+            family.add_metric((), float(self._unlabelled.value))
+        for labels, tally in list(self._tallies.items()):
+            family.add_metric(labels, float(tally.value))
+        yield family
+
+    def __repr__(self) -> str:
+        return f"CounterFamily({self.name!r}, total={self.total()})"
+
+
 class Metrics:
     """The writer's metrics, registered in a registry of their own."""
 
@@ -146,8 +232,8 @@ class Metrics:
         r = self.registry
         prefix = "campaign_writer_"
 
-        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
-            return Counter(prefix + name, doc, labels, registry=r)
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> CounterFamily:
+            return CounterFamily(prefix + name, doc, labels, r)
 
         def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
             return Gauge(prefix + name, doc, labels, registry=r)

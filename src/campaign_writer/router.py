@@ -290,6 +290,9 @@ class Router:
             for route in self.routes:
                 self._index.setdefault((type(route.match[0][1]), route.match[0][1]), route)
 
+    def __repr__(self) -> str:
+        return f"Router(routes={[route.name for route in self.routes]!r})"
+
     @classmethod
     def from_config(cls, config: RoutingConfig) -> Router:
         """The router for ``config.routes`` with ``config.intake``'s text policy."""
@@ -358,8 +361,8 @@ class Router:
                         route.operation_label,
                     )
                 operation = found
-        # The record in documents.encode_record's format (the rendered, escaped
-        # fragment), by the route's generated filler.
+        # The record in the queue's format (its rendered, escaped fragment,
+        # documents.render_fragment), by the route's generated filler.
         fill = route.fill_keys if operation == "delete" else route.fill
         key, record = fill(event, route.heads[operation])
         return route, key, record

@@ -218,11 +218,17 @@ class TenantThrottle:
         return pause
 
     def set_limit(self, tps_limit: float) -> None:
-        """Recalibrate to a new tenant limit (config reload)."""
+        """Recalibrate to a new tenant limit (SIGHUP reload of ``campaign.tps_limit``)."""
         self.controller.set_limit(tps_limit)
         self._window.rate_limit = max(1, math.floor(tps_limit))
 
     # --- state -----------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return (
+            f"TenantThrottle(limit={self.controller.limit:g}, rate={self.rate():.3f},"
+            f" paused_for={self.paused_for:.3f}, throttled_episodes={self.throttled_episodes})"
+        )
 
     def rate(self, now: float | None = None) -> float:
         rate = self.controller.rate(self._clock() if now is None else now)
