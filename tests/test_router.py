@@ -237,6 +237,21 @@ fields.items = { type = "short", enum = "1" }
     ]
 
 
+def test_an_empty_enum_is_named_as_such() -> None:
+    """enum = [] would refuse every value: a config problem that says the array is empty."""
+    with pytest.raises(ConfigError) as caught:
+        config_with("""
+[[routes]]
+name = "shop"
+schema = "acme:eventStg"
+method = "Ingest"
+fields.channel = { enum = [] }
+""")
+    assert caught.value.problems == [
+        "routes[0].fields.channel.enum: expected a non-empty array of values, got an empty array"
+    ]
+
+
 def test_a_preset_is_a_route_overridden_key_by_key() -> None:
     """preset = "recipient" gives schema, method, key and fields; the route's own keys win,
     a field's settings are overridden one by one, and new fields are added."""

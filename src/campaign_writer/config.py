@@ -45,7 +45,7 @@ from .campaign.xmltext import XmlTextPolicy
 from .errors import ConfigError
 from .logs import Secret
 from .overrides import Origins, apply_environment, apply_overrides
-from .router import CollectionMode, FieldConfig, RouteConfig, read_routes
+from .routes import CollectionMode, FieldConfig, RouteConfig, read_routes
 from .settings import Section, describe, split_listen
 from .sources import SOURCE_KINDS, SourceConfig, known_kinds, parse_source_options
 

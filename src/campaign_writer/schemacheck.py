@@ -30,7 +30,7 @@ from typing import Any, Literal, Protocol
 
 from .campaign.schemas import InstanceSchema, SchemaLookupError, staging_source
 from .campaign.xtktypes import DEFAULT_STRING_LENGTH, text_length
-from .router import FieldConfig, RouteConfig
+from .routes import FieldConfig, RouteConfig
 
 __all__ = [
     "Finding",
