@@ -44,7 +44,7 @@ async def test_calls_are_paced_evenly_under_the_limit() -> None:
 
 
 async def test_window_cap_holds_even_if_pacing_asks_for_more() -> None:
-    """The asyncio-throttle window admits at most tps_limit calls per second, whatever the rate."""
+    """The sliding window admits at most tps_limit calls per second, whatever the rate."""
     clock = FakeClock()
     throttle = TenantThrottle(10, headroom=3.0, clock=clock, sleep=clock.sleep)
     stamps = await grants(throttle, clock, 100)
