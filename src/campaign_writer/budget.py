@@ -8,8 +8,9 @@ schedule end past them, all in one atomic step. Every instance reserves from tha
 schedule on demand, so an idle instance holds nothing and a busy one uses what the
 others leave; since the times are evenly spaced across all instances, no 1-second
 window holds more than ``rate`` of them. A block of ``k`` times costs one round trip;
-``k`` is the number of calls waiting here (at most :attr:`SharedBudget.BLOCK`), so
-round trips per call fall as the load rises. A reserved time that passes unused (its
+``k`` is the number of calls this instance has under way in the throttle (at most
+:attr:`SharedBudget.BLOCK`, and at most half a second of the rate), so round trips per
+call fall as the load rises. A reserved time that passes unused (its
 caller was cancelled) expires: it is never sent late, which could bunch two calls.
 
 The same round trip carries the instance's heartbeat (a sorted set of instance ids
@@ -135,6 +136,7 @@ class SharedBudget:
     BLOCK = 8  # most times one round trip reserves
     HEARTBEAT_S = 1.0
     HEARTBEAT_TTL_S = 3.0  # an instance not heard of for this long is not counted
+    HORIZON_S = 0.5  # a block holds at most this much of the rate
     MAX_AHEAD_S = 2.0  # no reservation starts further ahead; the caller asks again later
     REDIS_TIMEOUT_S = 0.5
 
@@ -218,8 +220,13 @@ class SharedBudget:
         """The part of the budget this instance uses on its own when Redis is lost."""
         return 1.0 / max(1, self.instances_seen)
 
-    async def slot(self) -> float | None:
-        """The local time of this instance's next call (None: fall back to local pacing)."""
+    async def slot(self, demand: int = 1) -> float | None:
+        """The local time of this instance's next call (None: fall back to local pacing).
+
+        ``demand``: the calls this instance has waiting for a time now, counting those
+        already holding one; a reservation takes that many (at most :attr:`BLOCK`, and
+        no more than half a second of the rate), so a steady stream of calls costs one
+        round trip per block."""
         self._waiting += 1
         try:
             while True:
@@ -231,7 +238,9 @@ class SharedBudget:
                 async with self._lock:
                     if self._held:
                         continue
-                    reserved = await self._round_trip(min(self.BLOCK, self._waiting))
+                    horizon = max(1, int(self._rate() * self.HORIZON_S))
+                    wanted = max(self._waiting, demand)
+                    reserved = await self._round_trip(min(self.BLOCK, horizon, wanted))
                     if reserved is None:
                         return None
                 if reserved == 0:

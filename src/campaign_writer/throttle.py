@@ -258,6 +258,7 @@ class TenantThrottle:
         self._reported_rate = -1.0
         self.throttled_episodes = 0
         self.calls_admitted = 0
+        self._callers = 0  # calls inside acquire: the demand a shared reservation serves
         self.lanes = {
             method: _MethodLane(method, limit, headroom, clock, sleep)
             for method, limit in (method_limits or {}).items()
@@ -275,6 +276,13 @@ class TenantThrottle:
 
     async def acquire(self, method: str | None = None) -> None:
         """Wait for this call's turn. Never raises; cancellation is honoured."""
+        self._callers += 1
+        try:
+            await self._admit(method)
+        finally:
+            self._callers -= 1
+
+    async def _admit(self, method: str | None) -> None:
         lane = self.lanes.get(method) if method is not None else None
         if lane is not None:
             await lane.pace(self.share)
@@ -286,7 +294,7 @@ class TenantThrottle:
                 continue
             rate = self.rate(now)
             if self.budget is not None:
-                shared = await self.budget.slot()
+                shared = await self.budget.slot(self._callers)
                 if shared is not None:
                     now = self._clock()
                     if shared > now:
