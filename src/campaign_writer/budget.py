@@ -18,8 +18,8 @@ scored by expiry: ``instances_seen`` is its live count), the count of calls Camp
 accepted since the last one (the shared accepted rate), and brings back the shared
 rate state: after a 429, the instance that got it sets a shared pause (no time is
 handed out before it ends) and publishes the new rate state, which every instance
-adopts, so all of them pause and all recover toward one rate. An instance with no
-call to make still beats its heart every second with an empty reservation.
+adopts, so all of them pause and all recover toward one rate. An instance that made no
+reservation for a second beats its heart with an empty one.
 
 When Redis does not answer, the instance goes at once to ``fallback``: it paces
 locally at its share, the rate divided by the instances it last saw alive, says so
@@ -186,6 +186,7 @@ class SharedBudget:
         self._lock = asyncio.Lock()
         self._failures = 0
         self._retry_at = 0.0
+        self._last_trip_at = 0.0
         self._task: asyncio.Task[None] | None = None
         self.on_mode_change: Callable[[BudgetMode], None] | None = None
 
@@ -328,7 +329,7 @@ class SharedBudget:
             self._accepted_since += accepted
             self._lost(exc)
             return None
-        received_at = self._clock()
+        received_at = self._last_trip_at = self._clock()
         now_us, first_us, reserved, _, seen, accepted_rate, flat = reply
         # Redis read its clock between our send and its reply: take the midpoint.
         self._offset = (sent_at + received_at) / 2 - int(now_us) / _US
@@ -372,12 +373,18 @@ class SharedBudget:
         return self._clock() >= self._retry_at
 
     async def _heartbeat(self) -> None:
-        """Beat every second (and bring the shared state back); in fallback, retry."""
+        """Beat when no reservation did for a second (a reservation carries the beat and
+        brings the shared state back); in fallback, retry Redis when due."""
         while True:
-            if self.mode == "shared" or self._due_for_retry():
-                async with self._lock:
-                    await self._round_trip(0)
-            wait = self.HEARTBEAT_S
             if self.mode == "fallback":
-                wait = min(wait, max(0.05, self._retry_at - self._clock()))
-            await asyncio.sleep(wait)
+                if self._due_for_retry():
+                    async with self._lock:
+                        await self._round_trip(0)
+                wait = max(0.05, self._retry_at - self._clock())
+            else:
+                wait = self._last_trip_at + self.HEARTBEAT_S - self._clock()
+                if wait <= 0:
+                    async with self._lock:
+                        await self._round_trip(0)
+                    wait = self.HEARTBEAT_S
+            await asyncio.sleep(min(wait, self.HEARTBEAT_S))
