@@ -8,8 +8,8 @@ Adobe publishes no number and sends no rate-limit headers, so the only signal is
 * while the throttle is the bottleneck (calls wait for their turn at the full rate)
   and no 429 came for a probe period, it raises the limit: x1.5 until the first 429,
   then +5 % (at least 0.5 calls/s) per probe;
-* on a 429 episode the limit becomes what Campaign accepted over the last second:
-  just under where 429s begin;
+* on a 429 episode while at the cap, the limit becomes what Campaign accepted over
+  the last second: just under where 429s begin (not at the cap: a fifth lower);
 * a 429 at about the same limit doubles the probe period (up to 30 s), so a limit
   that holds is probed rarely; a probe that passes halves it, so a limit that rises
   is followed quickly.
@@ -75,7 +75,10 @@ class LimitLearner:
         """A new 429 episode; ``accepted_rate``: calls/s Campaign accepted in the last
         second (0 when unknown). Returns the new limit."""
         before = self.limit
-        learned = accepted_rate if accepted_rate > 0 else before * 0.8
+        # What Campaign accepted tells the limit only if we were sending at the cap;
+        # otherwise (a light load, or other clients of the tenant) cut by a fifth.
+        saturated = self._busy_since is not None and accepted_rate > 0
+        learned = accepted_rate if saturated else before * 0.8
         learned = max(self.MINIMUM, min(before, learned))
         if self.found and learned >= self.SAME_LIMIT * before:
             self.probe_s = min(self.MAX_PROBE_S, self.probe_s * 2)

@@ -11,11 +11,13 @@ from pathlib import Path
 from campaign_writer.autolimit import LimitLearner, load_learned, save_learned
 from campaign_writer.campaign.client import CampaignClient
 from campaign_writer.campaign.soap import Credentials, Param
+from campaign_writer.daemon import Daemon
 from campaign_writer.queue import DurableQueue
 from campaign_writer.testing import FakeRequest, FakeTransport, throttled
 from campaign_writer.throttle import TenantThrottle
 from tests.delivery.test_throttle import max_in_any_window
 from tests.support.clock import on_virtual_time
+from tests.support.writer import writer_config
 
 CREDENTIALS = Credentials(session_token="s", security_token="t")
 PARAMS = [Param("doc", "document", "<x/>")]
@@ -172,14 +174,47 @@ async def test_the_learned_limit_survives_a_restart(tmp_path: Path) -> None:
 
 
 def test_auto_probes_double_while_the_same_limit_holds() -> None:
-    """429s at the same limit double the probe period up to its cap; a limit that moved
-    far down resets it."""
+    """429s at the cap at the same limit double the probe period up to its cap; a limit
+    that moved far down resets it; a 429 below the cap cuts a fifth, whatever was accepted."""
     learner = LimitLearner(20.0, learned=True)
     periods = []
     for _ in range(6):
+        learner.on_grant(0.0, at_cap=True)  # at the cap: the accepted rate is the limit
         learner.on_throttled(19.5)
         learner.limit = 21.0  # as if probed above it again
         periods.append(learner.probe_s)
     assert periods == [4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    learner.on_grant(0.0, at_cap=True)
     learner.on_throttled(8.0)
     assert learner.probe_s == LimitLearner.PROBE_S and learner.limit == 8.0
+    learner.on_grant(1.0, at_cap=False)
+    assert learner.on_throttled(1.0) == 8.0 * 0.8
+
+
+async def test_a_writer_on_auto_starts_from_the_kept_limit_and_keeps_the_new_one(
+    tmp_path: Path,
+) -> None:
+    """A daemon with tps_limit = "auto" starts from the limit kept in its queue file, shows
+    it in /v1/stats and the metric, and at shutdown keeps the limit it learned since."""
+    config = writer_config(
+        "https://campaign.test", tmp_path, campaign__tps_limit="auto", sources=[]
+    )
+    queue = await DurableQueue.open(config.queue.path)
+    await save_learned(queue, 13.5)
+    await queue.close()
+    daemon = Daemon(config, transport=FakeTransport())
+    await daemon.start()
+    try:
+        assert daemon.throttle is not None and daemon.throttle.learner is not None
+        assert daemon.stats()["throttle"]["learned_limit"] == 13.5
+        assert b"campaign_writer_throttle_learned_limit_calls_per_second 13.5" in (
+            daemon.metrics.exposition()
+        )
+        daemon.throttle.on_throttled(None)  # a 429 with nothing accepted: 0.8 x 13.5
+    finally:
+        await daemon.close()
+    queue = await DurableQueue.open(config.queue.path)
+    try:
+        assert await load_learned(queue) == 10.8
+    finally:
+        await queue.close()
