@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from campaign_writer.autolimit import LimitLearner
 from campaign_writer.budget import SharedBudget
 from campaign_writer.throttle import TenantThrottle
 from tests.delivery.test_throttle import max_in_any_window
@@ -168,3 +169,27 @@ async def test_redis_lost_means_a_local_share_then_rejoining(
         assert len(lost) == 2 and len(back) == 2  # once per instance and transition
     finally:
         await redis.kill()
+
+
+async def test_instances_on_auto_learn_one_limit_together(redis_port: int) -> None:
+    """With tps_limit = "auto" and a shared budget, the limit one instance learns from a
+    429 reaches the others through Redis."""
+    prefix = f"cw-test-budget:{uuid.uuid4().hex}:"
+    url = f"redis://127.0.0.1:{redis_port}/0"
+    budgets = [SharedBudget(url, "tenant", key_prefix=prefix) for _ in range(2)]
+    first, second = (
+        TenantThrottle(10.0, learner=LimitLearner(10.0), budget=budget) for budget in budgets
+    )
+    try:
+        await start(first, second)
+        await first.acquire()
+        first.on_throttled(0.2)
+        await asyncio.sleep(0.05)  # the new state reaches Redis
+        assert first.learner is not None and first.learner.limit == 8.0
+        await asyncio.sleep(0.25)
+        await second.acquire()
+        assert second.learner is not None and second.learner.limit == 8.0
+        assert second.stats()["learned_limit"] == 8.0
+    finally:
+        for budget in budgets:
+            await budget.close()
