@@ -8,9 +8,10 @@ schedule end past them, all in one atomic step. Every instance reserves from tha
 schedule on demand, so an idle instance holds nothing and a busy one uses what the
 others leave; since the times are evenly spaced across all instances, no 1-second
 window holds more than ``rate`` of them. A block of ``k`` times costs one round trip;
-``k`` is the number of calls this instance has under way in the throttle (at most
-:attr:`SharedBudget.BLOCK`, and at most half a second of the rate), so round trips per
-call fall as the load rises. A reserved time that passes unused (its
+``k`` follows this instance's use: it grows while every reserved time is used and
+halves when one expires unused (at most :attr:`SharedBudget.BLOCK`, half a second of
+the rate, and the calls under way), so round trips per call fall as the load rises
+without stranding much budget. A reserved time that passes unused (its
 caller was cancelled) expires: it is never sent late, which could bunch two calls.
 
 The same round trip carries the instance's heartbeat (a sorted set of instance ids
@@ -137,8 +138,13 @@ class SharedBudget:
     HEARTBEAT_S = 1.0
     HEARTBEAT_TTL_S = 3.0  # an instance not heard of for this long is not counted
     HORIZON_S = 0.5  # a block holds at most this much of the rate
+    FALLBACK_MARGIN = 0.9
+    GRACE = 0.1  # a reserved time may still be used this share of an interval late
     MAX_AHEAD_S = 2.0  # no reservation starts further ahead; the caller asks again later
     REDIS_TIMEOUT_S = 0.5
+    # Redis lost: retries back off from 0.25 s up to this, so a writer rejoins within
+    # about this long of Redis's return (until then it uses only its share).
+    RETRY_MAX_S = 2.0
 
     def __init__(
         self,
@@ -182,6 +188,8 @@ class SharedBudget:
         self._offset = 0.0  # local clock minus Redis clock, seconds
         self._held: deque[float] = deque()  # reserved times, local clock
         self._waiting = 0
+        self._block = 1.0  # times to reserve beyond the calls waiting: grows, halves
+        self.slots_expired = 0  # reserved times nobody here used (budget wasted)
         self._accepted_since = 0
         self._lock = asyncio.Lock()
         self._failures = 0
@@ -218,16 +226,20 @@ class SharedBudget:
 
     @property
     def share(self) -> float:
-        """The part of the budget this instance uses on its own when Redis is lost."""
-        return 1.0 / max(1, self.instances_seen)
+        """The part of a budget this instance uses on its own (the tenant's when Redis
+        is lost, a method's always): one over the instances last seen alive, less a
+        tenth when there are several, since uncoordinated instances send in no phase."""
+        seen = self.instances_seen
+        return 1.0 if seen <= 1 else self.FALLBACK_MARGIN / seen
 
     async def slot(self, demand: int = 1) -> float | None:
         """The local time of this instance's next call (None: fall back to local pacing).
 
-        ``demand``: the calls this instance has waiting for a time now, counting those
-        already holding one; a reservation takes that many (at most :attr:`BLOCK`, and
-        no more than half a second of the rate), so a steady stream of calls costs one
-        round trip per block."""
+        ``demand``: the calls under way in the throttle, counting those already holding
+        a time. A reservation takes at least the calls waiting for one, and up to
+        ``demand`` as the block allows: the block grows by one each time the last was
+        used up and halves when a reserved time expires unused, within :attr:`BLOCK`
+        and half a second of the rate. A steady stream costs one round trip per block."""
         self._waiting += 1
         try:
             while True:
@@ -240,8 +252,10 @@ class SharedBudget:
                     if self._held:
                         continue
                     horizon = max(1, int(self._rate() * self.HORIZON_S))
-                    wanted = max(self._waiting, demand)
+                    wanted = max(self._waiting, min(demand, int(self._block)))
                     reserved = await self._round_trip(min(self.BLOCK, horizon, wanted))
+                    # Every time of the last block was used: the next may be larger.
+                    self._block = min(float(self.BLOCK), self._block + 1.0)
                     if reserved is None:
                         return None
                 if reserved == 0:
@@ -253,11 +267,17 @@ class SharedBudget:
     def _next_held(self) -> float | None:
         held = self._held
         now = self._clock()
-        # A time already past by more than a quarter interval would be sent late and
-        # bunch with the next holder's: let it expire.
-        grace = 0.25 / max(self._rate(), 1e-6)
+        # A time already past by more than a tenth of an interval would be sent late
+        # and bunch with the next holder's: let it expire.
+        grace = self.GRACE / max(self._rate(), 1e-6)
+        expired = 0
         while held and held[0] < now - grace:
             held.popleft()
+            expired += 1
+        if expired:
+            # Reserved more than this instance used: halve the block (budget wasted).
+            self.slots_expired += expired
+            self._block = max(1.0, self._block / 2)
         return held.popleft() if held else None
 
     def drop_held(self) -> None:
@@ -342,16 +362,18 @@ class SharedBudget:
         )
         state = dict(zip(flat[::2], flat[1::2], strict=True))
         version = int(state.pop("version", 0))
-        if version != self.state_version and state:
+        if version != self.state_version:
+            # Lower too: a Redis that came back empty starts the count again.
             self.state_version = version
-            self._on_state(state, self._offset)
+            if state:
+                self._on_state(state, self._offset)
         self._rejoined()
         return int(reserved)
 
     def _lost(self, exc: BaseException) -> None:
         self._held.clear()
         self._failures += 1
-        self._retry_at = self._clock() + delay(0.25, 10.0, self._failures - 1, "half")
+        self._retry_at = self._clock() + delay(0.25, self.RETRY_MAX_S, self._failures - 1, "half")
         if self.mode != "fallback":
             self.mode = "fallback"
             log.warning(

@@ -276,6 +276,7 @@ class TenantThrottle:
             "learned_limit": round(self.controller.limit, 3) if self.learner else None,
             "redis_round_trips": budget.round_trips if budget is not None else 0,
             "calls_admitted": self.calls_admitted,
+            "slots_expired": budget.slots_expired if budget is not None else 0,
             "method_limits": {m: round(r, 3) for m, r in self.method_rates().items()},
         }
 

@@ -140,8 +140,9 @@ class OwnRedis:
 async def test_redis_lost_means_a_local_share_then_rejoining(
     shared: Factory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Redis killed: each of two instances paces alone at half the limit, says so once in
-    the log and its mode; Redis back: both rejoin the shared schedule and say so once."""
+    """Redis killed: each of two instances paces alone at 0.9 x half the limit, says so
+    once in the log and its mode; Redis back (empty): both rejoin the shared schedule,
+    say so once, and share a 429's rate again."""
     redis = OwnRedis(tmp_path)
     await redis.start()
     try:
@@ -150,20 +151,28 @@ async def test_redis_lost_means_a_local_share_then_rejoining(
         await start(first, second)
         await first.acquire()
         await second.acquire()
-        assert first.budget_mode == "shared" and first.share == 0.5
+        assert first.budget_mode == "shared" and first.share == 0.45
+        first.on_throttled(0.2)  # the shared rate state has a version now
+        await asyncio.sleep(0.3)
+        await second.acquire()
         await redis.kill()
         caplog.set_level(logging.WARNING, logger="campaign_writer.budget")
         stamps: list[float] = []
         await drive(first, stamps, 1.5, 2)
         assert first.budget_mode == "fallback"
         assert first.stats()["budget"] == "fallback"
-        assert max_in_any_window(stamps) <= 10  # half of 20: two instances were alive
+        assert max_in_any_window(stamps) <= 9  # 0.9 x 20 / 2: two instances were alive
         await redis.start()
         deadline = time.monotonic() + 20
         while {first.budget_mode, second.budget_mode} != {"shared"}:
             assert time.monotonic() < deadline, "did not rejoin within 20 s"
             await asyncio.sleep(0.1)
         await first.acquire()
+        # The new Redis is empty: a 429 still reaches the other instance's rate.
+        first.on_throttled(0.2)
+        await asyncio.sleep(0.3)
+        await second.acquire()
+        assert second.controller.ceiling == pytest.approx(first.controller.ceiling)
         lost = [r for r in caplog.records if "shared budget lost" in r.getMessage()]
         back = [r for r in caplog.records if "shared budget rejoined" in r.getMessage()]
         assert len(lost) == 2 and len(back) == 2  # once per instance and transition
