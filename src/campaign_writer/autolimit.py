@@ -7,12 +7,12 @@ Adobe publishes no number and sends no rate-limit headers, so the only signal is
   from the last run);
 * while the throttle is the bottleneck (calls wait for their turn at the full rate)
   and no 429 came for a probe period, it raises the limit: x1.5 until the first 429,
-  then +5 % (at least 0.5 calls/s) per probe;
+  then +5 % (at least 0.5 calls/s), the step doubling (up to +50 %) with each probe
+  that holds, so a limit that rose is caught in a few probes;
 * on a 429 episode while at the cap, the limit becomes what Campaign accepted over
   the last second: just under where 429s begin (not at the cap: a fifth lower);
-* a 429 at about the same limit doubles the probe period (up to 30 s), so a limit
-  that holds is probed rarely; a probe that passes halves it, so a limit that rises
-  is followed quickly.
+* a 429 at about the same limit doubles the probe period (up to 10 s), so a limit
+  that holds is probed less often; a probe that passes brings it back to 2 s.
 
 The learned value is kept in the queue file's state table (:func:`load_learned`,
 :func:`save_learned`), and the next start begins from it.
@@ -37,7 +37,8 @@ class LimitLearner:
     STEP = 0.05  # per probe, after it
     MIN_STEP = 0.5
     PROBE_S = 2.0
-    MAX_PROBE_S = 30.0
+    MAX_PROBE_S = 10.0
+    MAX_STEP = 0.5
     MINIMUM = 0.5
     MAXIMUM = 10_000.0
     SAME_LIMIT = 0.9  # a 429 at this share of the last one's limit or more: the same limit
@@ -48,6 +49,7 @@ class LimitLearner:
         self.probe_s = self.PROBE_S
         self._busy_since: float | None = None
         self._raised = False  # the last change was a raise no 429 has answered yet
+        self._step = self.STEP  # doubles with each probe that holds: a risen limit is caught
 
     def on_grant(self, now: float, at_cap: bool) -> float | None:
         """A call was admitted; ``at_cap``: it waited for its turn at the full rate.
@@ -60,11 +62,12 @@ class LimitLearner:
             return None
         if now - self._busy_since < self.probe_s:
             return None
-        if self._raised:
-            self.probe_s = max(self.PROBE_S, self.probe_s / 2)  # the last probe held
+        if self._raised:  # the last probe held: the limit may have risen, probe on
+            self.probe_s = self.PROBE_S
+            self._step = min(self.MAX_STEP, self._step * 2)
         self._busy_since = now
         if self.found:
-            raised = self.limit + max(self.MIN_STEP, self.limit * self.STEP)
+            raised = self.limit + max(self.MIN_STEP, self.limit * self._step)
         else:
             raised = self.limit * self.GROWTH
         self.limit = min(self.MAXIMUM, raised)
@@ -88,6 +91,7 @@ class LimitLearner:
         self.limit = learned
         self._busy_since = None
         self._raised = False
+        self._step = self.STEP
         return learned
 
     def adopt(self, limit: float) -> None:
