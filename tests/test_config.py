@@ -261,23 +261,26 @@ def test_shared_budget_per_method_limits_and_auto_are_read() -> None:
 
 def test_budget_and_limit_mistakes_name_their_key() -> None:
     """A bad tps_limit word, a non-Redis URL, a bad name, an unknown method, a limit that is
-    not a positive number and an unknown budget key are each reported with their path."""
+    not a positive number and an unknown budget key are each reported with their path; the
+    URL itself is not echoed (it may carry a password)."""
     problems = problems_of(
         minimal(
             campaign__tps_limit="fast",
-            campaign__budget={"redis_url": "http://x", "name": "a b", "ttl": 3},
+            campaign__budget={"redis_url": "http://u:pw@x", "name": "a b", "ttl": 3},
             campaign__limits={"Ingets": 5, "Write": 0, "Ingest": "many"},
         )
     )
     assert problems == [
         'campaign.tps_limit: expected a number of calls per second or "auto"',
-        "campaign.budget.redis_url: expected a redis://, rediss:// or unix:// URL, got 'http://x'",
+        "campaign.budget.redis_url: expected a redis://, rediss:// or unix:// URL, got scheme "
+        "'http'",
         "campaign.budget.name: expected 1-64 letters, digits, '_', '.' or '-'",
         "campaign.budget.ttl: unknown key",
         "campaign.limits.Ingest: expected a number, got string 'many'",
         "campaign.limits.Ingets: unknown method; known: " + ", ".join(sorted(METHODS)),
         "campaign.limits.Write: must be greater than 0, got 0",
     ]
+    assert not [p for p in problems if "pw" in p]
 
 
 def test_fault_judgement_keys_have_defaults_and_bounds() -> None:

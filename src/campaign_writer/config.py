@@ -379,7 +379,11 @@ def _read_tps_limit(section: Section) -> float:
 def _read_budget(section: Section) -> BudgetConfig:
     url = section.string("redis_url", "", allow_empty=True)
     if url and urlsplit(url).scheme not in _REDIS_SCHEMES:
-        section.problem("redis_url", f"expected a redis://, rediss:// or unix:// URL, got {url!r}")
+        # The URL itself is not echoed: it may carry Redis's password.
+        scheme = urlsplit(url).scheme or "none"
+        section.problem(
+            "redis_url", f"expected a redis://, rediss:// or unix:// URL, got scheme {scheme!r}"
+        )
     name = section.string("name", "default")
     if not _SOURCE_NAME.fullmatch(name):
         section.problem("name", "expected 1-64 letters, digits, '_', '.' or '-'")
