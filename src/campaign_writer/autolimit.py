@@ -11,8 +11,9 @@ Adobe publishes no number and sends no rate-limit headers, so the only signal is
   that holds, so a limit that rose is caught in a few probes;
 * on a 429 episode while at the cap, the limit becomes what Campaign accepted over
   the last second: just under where 429s begin (not at the cap: a fifth lower);
-* a 429 at about the same limit doubles the probe period (up to 10 s), so a limit
-  that holds is probed less often; a probe that passes brings it back to 2 s.
+* a 429 at about the same limit doubles the probe period (up to 30 s), so a limit
+  that holds is probed rarely (each probe past the limit costs a 429 and its pause);
+  a probe that passes brings it back to 2 s.
 
 The learned value is kept in the queue file's state table (:func:`load_learned`,
 :func:`save_learned`), and the next start begins from it.
@@ -37,7 +38,7 @@ class LimitLearner:
     STEP = 0.05  # per probe, after it
     MIN_STEP = 0.5
     PROBE_S = 2.0
-    MAX_PROBE_S = 10.0
+    MAX_PROBE_S = 30.0
     MAX_STEP = 0.5
     MINIMUM = 0.5
     MAXIMUM = 10_000.0

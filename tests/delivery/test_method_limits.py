@@ -190,7 +190,7 @@ def test_auto_probes_double_while_the_same_limit_holds() -> None:
         learner.on_throttled(19.5)
         learner.limit = 21.0  # as if probed above it again
         periods.append(learner.probe_s)
-    assert periods == [4.0, 8.0, 10.0, 10.0, 10.0, 10.0]
+    assert periods == [4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
     learner.on_grant(0.0, at_cap=True)
     learner.on_throttled(8.0)
     assert learner.probe_s == LimitLearner.PROBE_S and learner.limit == 8.0
