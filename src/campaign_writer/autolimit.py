@@ -10,7 +10,8 @@ Adobe publishes no number and sends no rate-limit headers, so the only signal is
   then +5 % (at least 0.5 calls/s), the step doubling (up to +50 %) with each probe
   that holds, so a limit that rose is caught in a few probes;
 * on a 429 episode while at the cap, the limit becomes what Campaign accepted over
-  the last second: just under where 429s begin (not at the cap: a fifth lower);
+  the last second, just under where 429s begin, but not below the limit that held
+  before a raise this 429 answers (not at the cap: a fifth lower);
 * a 429 at about the same limit doubles the probe period (up to 30 s), so a limit
   that holds is probed rarely (each probe past the limit costs a 429 and its pause);
   a probe that passes brings it back to 2 s.
@@ -51,6 +52,7 @@ class LimitLearner:
         self._busy_since: float | None = None
         self._raised = False  # the last change was a raise no 429 has answered yet
         self._step = self.STEP  # doubles with each probe that holds: a risen limit is caught
+        self._held = self.limit  # the last limit that held a probe period at the cap
 
     def on_grant(self, now: float, at_cap: bool) -> float | None:
         """A call was admitted; ``at_cap``: it waited for its turn at the full rate.
@@ -67,6 +69,7 @@ class LimitLearner:
             self.probe_s = self.PROBE_S
             self._step = min(self.MAX_STEP, self._step * 2)
         self._busy_since = now
+        self._held = self.limit  # it held a whole probe period at the cap
         if self.found:
             raised = self.limit + max(self.MIN_STEP, self.limit * self._step)
         else:
@@ -83,6 +86,10 @@ class LimitLearner:
         # otherwise (a light load, or other clients of the tenant) cut by a fifth.
         saturated = self._busy_since is not None and accepted_rate > 0
         learned = accepted_rate if saturated else before * 0.8
+        if self._raised:
+            # This 429 answers our raise: the limit that held before it still stands
+            # (the accepted rate counts a second partly spent below it).
+            learned = max(learned, self._held)
         learned = max(self.MINIMUM, min(before, learned))
         if self.found and learned >= self.SAME_LIMIT * before:
             self.probe_s = min(self.MAX_PROBE_S, self.probe_s * 2)

@@ -182,7 +182,8 @@ async def test_the_learned_limit_survives_a_restart(tmp_path: Path) -> None:
 
 def test_auto_probes_double_while_the_same_limit_holds() -> None:
     """429s at the cap at the same limit double the probe period up to its cap; a limit
-    that moved far down resets it; a 429 below the cap cuts a fifth, whatever was accepted."""
+    that moved far down resets it; a 429 below the cap cuts a fifth, whatever was accepted;
+    a 429 answering a raise keeps at least the limit that held before it."""
     learner = LimitLearner(20.0, learned=True)
     periods = []
     for _ in range(6):
@@ -196,6 +197,9 @@ def test_auto_probes_double_while_the_same_limit_holds() -> None:
     assert learner.probe_s == LimitLearner.PROBE_S and learner.limit == 8.0
     learner.on_grant(1.0, at_cap=False)
     assert learner.on_throttled(1.0) == 8.0 * 0.8
+    learner.on_grant(2.0, at_cap=True)
+    assert learner.on_grant(2.0 + LimitLearner.PROBE_S, at_cap=True) == 6.4 + 0.5
+    assert learner.on_throttled(3.0) == 6.4  # what held before the raise still stands
 
 
 async def test_a_writer_on_auto_starts_from_the_kept_limit_and_keeps_the_new_one(
