@@ -10,8 +10,8 @@ Adobe publishes no number and sends no rate-limit headers, so the only signal is
   then +5 % (at least 0.5 calls/s), the step doubling (up to +50 %) with each probe
   that holds, so a limit that rose is caught in a few probes;
 * on a 429 episode while at the cap, the limit becomes what Campaign accepted over
-  the last second, just under where 429s begin, but not below the limit that held
-  before a raise this 429 answers (not at the cap: a fifth lower);
+  the last second, just under where 429s begin (the first time, not below the limit
+  that held before the x1.5 raise it answers; not at the cap: a fifth lower);
 * a 429 at about the same limit doubles the probe period (up to 30 s), so a limit
   that holds is probed rarely (each probe past the limit costs a 429 and its pause);
   a probe that passes brings it back to 2 s.
@@ -86,9 +86,10 @@ class LimitLearner:
         # otherwise (a light load, or other clients of the tenant) cut by a fifth.
         saturated = self._busy_since is not None and accepted_rate > 0
         learned = accepted_rate if saturated else before * 0.8
-        if self._raised:
-            # This 429 answers our raise: the limit that held before it still stands
-            # (the accepted rate counts a second partly spent below it).
+        if self._raised and not self.found:
+            # The first 429, answering a x1.5 raise: the limit that held before it still
+            # stands (the accepted rate counts a second partly spent below it). Later,
+            # probes are small and the limit may have fallen meanwhile: trust the rate.
             learned = max(learned, self._held)
         learned = max(self.MINIMUM, min(before, learned))
         if self.found and learned >= self.SAME_LIMIT * before:

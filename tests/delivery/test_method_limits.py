@@ -183,7 +183,7 @@ async def test_the_learned_limit_survives_a_restart(tmp_path: Path) -> None:
 def test_auto_probes_double_while_the_same_limit_holds() -> None:
     """429s at the cap at the same limit double the probe period up to its cap; a limit
     that moved far down resets it; a 429 below the cap cuts a fifth, whatever was accepted;
-    a 429 answering a raise keeps at least the limit that held before it."""
+    the first 429, answering a x1.5 raise, keeps at least the limit that held before it."""
     learner = LimitLearner(20.0, learned=True)
     periods = []
     for _ in range(6):
@@ -199,7 +199,15 @@ def test_auto_probes_double_while_the_same_limit_holds() -> None:
     assert learner.on_throttled(1.0) == 8.0 * 0.8
     learner.on_grant(2.0, at_cap=True)
     assert learner.on_grant(2.0 + LimitLearner.PROBE_S, at_cap=True) == 6.4 + 0.5
-    assert learner.on_throttled(3.0) == 6.4  # what held before the raise still stands
+    assert learner.on_throttled(3.0) == 3.0  # a small probe: the accepted rate is trusted
+    first = LimitLearner(10.0)
+    first.on_grant(0.0, at_cap=True)
+    assert first.on_grant(LimitLearner.PROBE_S, at_cap=True) == 15.0
+    assert first.on_throttled(12.0) == 12.0
+    second = LimitLearner(10.0)
+    second.on_grant(0.0, at_cap=True)
+    second.on_grant(LimitLearner.PROBE_S, at_cap=True)
+    assert second.on_throttled(8.0) == 10.0  # the first 429: 10/s held before the raise
 
 
 async def test_a_writer_on_auto_starts_from_the_kept_limit_and_keeps_the_new_one(
