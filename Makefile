@@ -1,23 +1,42 @@
 # One command surface, used the same way locally and by .ci/run.
 # `make run` and `make test` work as the first command on a fresh machine: both
-# build .venv when it is missing or older than pyproject.toml.
+# build .venv when it is missing or older than pyproject.toml or requirements.lock.
+# requirements.lock pins every resolved version (`make lock` regenerates it): install
+# uses it as constraints, so two machines run the same code.
 
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+EXTRAS := all,test,bench
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint format bench soak clean
+.PHONY: install lock pythons run test lint format bench soak clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[$(EXTRAS)]'
 	@touch $(STAMP)
+
+# Resolve the newest versions pyproject.toml allows in a scratch venv and pin them all.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	{ echo "# Every resolved version, for \`make install\` (pip -c). Regenerate: make lock"; \
+	  echo "# Resolved on Python $$(.venv-lock/bin/python -c 'import platform; print(platform.python_version())')."; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable; } > $(LOCK)
+	rm -rf .venv-lock
+
+# Build the package and import it on every other supported Python found here.
+pythons:
+	.ci/pythons
 
 run: install
 	$(BIN)/campaign-writer run --config config/local.toml --with-simulator
@@ -41,5 +60,5 @@ soak: install
 	$(BIN)/python -m pytest tests/reliability --soak -p no:randomly
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-lock build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

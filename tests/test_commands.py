@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,6 @@ from typing import Any
 import orjson
 import pytest
 
-from campaign_writer.campaign.documents import decode_record
 from campaign_writer.cli import build_parser, main
 from campaign_writer.commands import send
 from campaign_writer.config import load
@@ -21,6 +22,7 @@ from campaign_writer.queue import DurableQueue
 from campaign_writer.router import Router
 from campaign_writer.sources import http as http_module
 from campaign_writer.sources.http import HttpIntake
+from tests.support.documents import decode_record
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "example.toml"
 
@@ -112,6 +114,22 @@ def test_validate_accepts_the_example_and_exits_zero(capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert f"{EXAMPLE}: OK" in out
     assert "sample -> dem:sampleTableStg (Ingest)" in out
+
+
+def test_validate_shows_where_each_value_came_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`validate` lists each key with its value and origin: file, env, --set or default."""
+    path = write_config(tmp_path, "origins.toml", FIXED_ROUTES)
+    monkeypatch.setenv("CAMPAIGN_WRITER__BATCH__LINGER_MS", "75")
+    assert main(["validate", "--config", str(path), "--set", "sender.max_in_flight=8"]) == 0
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines()]
+    assert "campaign.url = 'http://127.0.0.1:8081'  (file)" in lines
+    assert "batch.linger_ms = 75  (env CAMPAIGN_WRITER__BATCH__LINGER_MS)" in lines
+    assert "sender.max_in_flight = 8  (--set)" in lines
+    assert "batch.max_records = 500  (default)" in lines
+    assert "campaign.auth.password = (secret)  (file)" in lines
+    assert "admin" not in "".join(line for line in lines if "password" in line)
 
 
 def test_validate_warns_about_an_ingest_route_without_a_key(
@@ -391,3 +409,39 @@ async def test_send_waits_out_a_full_queue(
         await asyncio.gather(delivery, return_exceptions=True)
         await intake.close()
         await queue.close()
+
+
+# --- broker clients are extras -----------------------------------------------------------
+
+KAFKA_SOURCE = """
+[[sources]]
+kind = "kafka"
+name = "events-kafka"
+bootstrap_servers = ["127.0.0.1:9092"]
+topics = ["campaign-events"]
+group = "campaign-writer"
+"""
+
+# Runs the CLI with the Kafka client made unimportable, as on an install without the extra.
+WITHOUT_AIOKAFKA = (
+    "import sys; sys.modules['aiokafka'] = None; "
+    "from campaign_writer.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_a_source_whose_client_is_missing_names_the_extra(tmp_path: Path, command: str) -> None:
+    """A config with a Kafka source, without aiokafka, is refused naming the 'kafka' extra."""
+    path = write_config(tmp_path, "kafka.toml", FIXED_ROUTES + KAFKA_SOURCE)
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_AIOKAFKA, command, "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "sources[0].kind: 'kafka' sources need the 'kafka' extra" in output
+    assert "pip install 'campaign-writer[kafka]'" in output
+    assert "Traceback" not in output

@@ -36,8 +36,8 @@ fields.id = {}
 # Every key operators may set; example.toml must document each one.
 DOCUMENTED_KEYS = [
     "campaign.url", "campaign.tps_limit", "campaign.max_response_bytes",
-    "campaign.retry_after_cap_s", "campaign.budget.redis_url", "campaign.budget.name",
-    "campaign.limits", "campaign.auth.mode", "campaign.auth.login",
+    "campaign.retry_after_cap_s", "campaign.check_schemas", "campaign.budget.redis_url",
+    "campaign.budget.name", "campaign.limits", "campaign.auth.mode", "campaign.auth.login",
     "campaign.auth.password", "campaign.auth.password_env", "campaign.auth.password_file",
     "campaign.auth.ims_url", "campaign.auth.client_id", "campaign.auth.client_secret",
     "campaign.auth.scope", "campaign.auth.refresh_margin_s", "campaign.tls.verify",
@@ -53,7 +53,8 @@ DOCUMENTED_KEYS = [
     "routes.name", "routes.match", "routes.schema", "routes.method", "routes.key",
     "routes.operation", "routes.operation_field", "routes.collection", "routes.fields.path",
     "routes.fields.type", "routes.fields.length", "routes.fields.required",
-    "routes.fields.default", "sources.kind", "sources.name",
+    "routes.fields.default", "routes.fields.enum", "routes.preset", "sources.kind",
+    "sources.name",
 ]  # fmt: skip
 
 
@@ -348,6 +349,74 @@ def test_set_refuses_secrets_and_bad_paths(override: str, problem: str) -> None:
     problems = problems_of(minimal(), [override])
     assert any(p.startswith(problem) for p in problems), problems
     assert all("hunter22" not in p and "abcd1234" not in p for p in problems)
+
+
+def test_environment_overrides_any_key_and_set_overrides_the_environment(
+    tmp_path: Path,
+) -> None:
+    """CAMPAIGN_WRITER__SECTION__KEY sets any key (TOML literal or text), matching the
+    file's spelling of a key (userId); --set wins."""
+    path = tmp_path / "writer.toml"
+    path.write_text(MINIMAL + "fields.userId = {}\n", encoding="utf-8")
+    environ = {
+        "CAMPAIGN_WRITER__BATCH__LINGER_MS": "100",
+        "CAMPAIGN_WRITER__CAMPAIGN__TLS__VERIFY": "false",
+        "CAMPAIGN_WRITER__HTTP__LISTEN": "0.0.0.0:8080",
+        "CAMPAIGN_WRITER__QUEUE__MAX_BYTES": "512MiB",
+        "CAMPAIGN_WRITER__ROUTES__0__KEY": '["id"]',
+        "CAMPAIGN_WRITER__ROUTES__0__FIELDS__USERID__LENGTH": "12",
+        "campaign_writer__log__level": "debug",
+        "CAMPAIGN_WRITER__SENDER__MAX_IN_FLIGHT": "8",
+        "UNRELATED": "1",
+    }
+    config = load(path, ["sender.max_in_flight=4"], environ=environ)
+    assert config.batch.linger_ms == 100
+    assert config.campaign.tls.verify is False
+    assert config.http.listen == "0.0.0.0:8080"
+    assert config.queue.max_bytes == 512 * 1024**2
+    assert config.routes[0].key_spec == "@id"
+    assert {f.attribute: f.length for f in config.routes[0].fields}["userId"] == 12
+    assert config.log.level == "DEBUG"
+    assert config.sender.max_in_flight == 4
+    assert load(path, environ={}).batch.linger_ms == 200
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        (
+            "CAMPAIGN_WRITER__BATCH__LINGR_MS",
+            "batch.lingr_ms: unknown key (did you mean 'linger_ms'?)"
+            " (from env CAMPAIGN_WRITER__BATCH__LINGR_MS)",
+        ),
+        (
+            "CAMPAIGN_WRITER__CAMPAIGN__AUTH__PASSWORD",
+            "CAMPAIGN_WRITER__CAMPAIGN__AUTH__PASSWORD: secrets are not read from",
+        ),
+        ("CAMPAIGN_WRITER__HTTP__TOKEN", "CAMPAIGN_WRITER__HTTP__TOKEN: secrets are not read"),
+        ("CAMPAIGN_WRITER__BATCH___X", "CAMPAIGN_WRITER__BATCH___X: not a key path"),
+        ("CAMPAIGN_WRITER__ROUTES__5__NAME", "routes[5].name: there is no element [5]"),
+        ("CAMPAIGN_WRITER__SENDER__TIMEOUT_S", "sender.timeout_s: expected seconds"),
+    ],
+)
+def test_environment_overrides_are_checked_like_the_file(name: str, problem: str) -> None:
+    """A bad variable is a named problem; a secret's value is never echoed."""
+    with pytest.raises(ConfigError) as caught:
+        from_mapping(minimal(), environ={name: "hunter22-x"})
+    problems = caught.value.problems
+    assert any(p.startswith(problem) for p in problems), problems
+    secret = name.endswith(("PASSWORD", "TOKEN"))
+    assert not secret or all("hunter22" not in p for p in problems)
+
+
+def test_secret_files_can_be_named_by_the_environment(tmp_path: Path) -> None:
+    """A secret's *_file form comes from a variable, as a systemd credential would."""
+    secret = tmp_path / "password"
+    secret.write_text("from-credential-789\n", encoding="utf-8")
+    data = minimal(campaign__auth={"login": "ops"})
+    environ = {"CAMPAIGN_WRITER__CAMPAIGN__AUTH__PASSWORD_FILE": str(secret)}
+    config = from_mapping(data, environ=environ)
+    assert config.campaign.auth.password == Secret("from-credential-789")
 
 
 def test_commit_window_is_bounded() -> None:

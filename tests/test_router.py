@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from campaign_writer.campaign.documents import build_entity, decode_record
 from campaign_writer.config import Config, from_mapping, load
-from campaign_writer.errors import RecordError
+from campaign_writer.errors import ConfigError, RecordError
 from campaign_writer.router import Router
+from tests.support.documents import build_entity, decode_record
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "example.toml"
 
@@ -189,6 +189,86 @@ fields.testcol1 = { required = true }
     assert upsert.attrs == {"id": "9", "testcol1": "v"}
     with pytest.raises(RecordError, match=r"meta\.op: 'drop' is not an operation"):
         router.route({"type": "sample", "id": "9", "meta": {"op": "drop"}})
+
+
+def test_an_enumerated_field_refuses_other_values_at_intake() -> None:
+    """enum = [...] lets the listed values (and a clearing null) through and refuses the rest,
+    naming the field and the allowed values; numbers compare as Campaign text."""
+    router = Router.from_config(
+        config_with("""
+[[routes]]
+name = "shop"
+schema = "acme:eventStg"
+method = "IngestExt"
+key = ["id"]
+fields.id = {}
+fields.channel = { length = 8, enum = ["web", "store"] }
+fields.gender = { type = "byte", enum = [0, 1, 2] }
+""")
+    )
+    _, _, record = record_of(router, {"id": "1", "channel": "web", "gender": "2"})
+    assert record.attrs == {"id": "1", "channel": "web", "gender": "2"}
+    _, _, cleared = record_of(router, {"id": "1", "channel": None})
+    assert cleared.attrs == {"id": "1", "channel": ""}
+    with pytest.raises(RecordError, match=r"channel: 'mail' is not one of the allowed values"):
+        router.route({"id": "1", "channel": "mail"})
+    with pytest.raises(RecordError, match=r"gender: '7' is not one of the allowed values \('0'"):
+        router.route({"id": "1", "gender": 7})
+
+
+def test_enum_values_and_defaults_are_checked_in_the_config() -> None:
+    """An enum value the field's type cannot hold, or a default outside the enum, is a
+    config problem with its key path."""
+    with pytest.raises(ConfigError) as caught:
+        config_with("""
+[[routes]]
+name = "shop"
+schema = "acme:eventStg"
+method = "IngestExt"
+key = ["id"]
+fields.id = {}
+fields.channel = { length = 4, enum = ["web", "storefront"], default = "app" }
+fields.items = { type = "short", enum = "1" }
+""")
+    assert sorted(caught.value.problems) == [
+        "routes[0].fields.channel.default: 'app' is not one of enum",
+        "routes[0].fields.channel.enum[1]: is 10 characters long; string(4) holds at most 4",
+        "routes[0].fields.items.enum: expected a non-empty array of values, got string '1'",
+    ]
+
+
+def test_a_preset_is_a_route_overridden_key_by_key() -> None:
+    """preset = "recipient" gives schema, method, key and fields; the route's own keys win,
+    a field's settings are overridden one by one, and new fields are added."""
+    (route,) = config_with("""
+[[routes]]
+name = "people"
+preset = "recipient"
+match = { type = "person" }
+fields.email = { path = "contact.email" }
+fields.points = { type = "long" }
+""").routes
+    assert (route.schema, route.method, route.key) == ("nms:recipientStg", "IngestExt", ("email",))
+    fields = {f.attribute: f for f in route.fields}
+    assert (fields["email"].path, fields["email"].length, fields["email"].required) == (
+        "contact.email",
+        128,
+        True,
+    )
+    assert "birthDate" in fields and fields["points"].type == "long"
+    (unsubscribe,) = config_with("""
+[[routes]]
+name = "unsubscribe"
+preset = "subscription"
+operation = "delete"
+""").routes
+    assert (unsubscribe.schema, unsubscribe.key, unsubscribe.operation) == (
+        "nms:subscriptionRcpStg",
+        ("recipient-id", "service-id"),
+        "delete",
+    )
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.preset: must be one of"):
+        config_with('[[routes]]\nname = "x"\npreset = "recipients"\n')
 
 
 def test_strip_policy_removes_forbidden_characters_instead_of_refusing() -> None:
@@ -396,3 +476,10 @@ fields.a = { path = "it's.{x}\\\"" }
     )
     routed = router.route({"it's": {'{x}"': "v"}})
     assert routed.record == b' a="v"'
+
+
+def test_repr_names_the_routes() -> None:
+    """A router's repr lists its routes by name, in order."""
+    router = Router.from_config(load(EXAMPLE))
+    assert repr(router) == f"Router(routes={[route.name for route in router.routes]!r})"
+    assert "sample" in repr(router)

@@ -26,6 +26,7 @@ from typing import Literal
 
 from .campaign.documents import StagingRecord, parse_fragment, render_fragment
 from .evidence import LaneHealth, Strike
+from .metrics import CounterFamily, Tally
 from .records import LaneId
 
 __all__ = ["Batch", "Batcher", "Entry", "Lane", "LaneId", "merge_operations"]
@@ -73,6 +74,14 @@ class Entry:
     # Failures of this entry sent alone (see campaign_writer.evidence). An entry with
     # strikes is sent alone and merges with nothing, so a verdict is about it only.
     strikes: tuple[Strike, ...] = ()
+    # Wall-clock intake time of the newest record merged in; 0 until a merge (then
+    # ``created_at``, the only record's time, is also the newest).
+    merged_newest_at: float = 0.0
+
+    @property
+    def newest_at(self) -> float:
+        """Wall-clock intake time of the newest record this entry holds."""
+        return self.merged_newest_at or self.created_at
 
     @classmethod
     def of(
@@ -102,6 +111,7 @@ class Entry:
         self.fragment = render_fragment(attrs, operation, theirs.key or mine.key)
         self.ids.extend(newer.ids)
         self.size = len(self.fragment)
+        self.merged_newest_at = max(self.newest_at, newer.newest_at)
         return True
 
 
@@ -136,8 +146,11 @@ class Lane:
     not_before: float = 0.0  # lane-level backoff after a transient failure
     failures: int = 0
     blocked: bool = False  # every pending key is held: wait for a release
-    merges: int = 0
+    merges: Tally = field(default_factory=Tally)  # entries merged into an earlier one
     health: LaneHealth = field(default_factory=LaneHealth)
+    # Intake (enqueue) time of the newest record Campaign acknowledged, wall clock;
+    # events carry no event time the writer knows of, so enqueue time is what it has.
+    newest_delivered_at: float | None = None
     probing: bool = False  # a probe of this suspect lane is under way
     fallback: str | None = None  # why collections stopped (see Batcher.fall_back)
 
@@ -161,7 +174,7 @@ class Lane:
         """:meth:`add` for each entry in order, in one loop (the feeder's hot path)."""
         pending = self.pending
         held = self.held
-        added = size = 0
+        added = size = merged = 0
         for entry in entries:
             key = entry.key
             slot: Hashable = key if key is not None else ("#id", entry.ids[0])
@@ -169,7 +182,7 @@ class Lane:
             if chain is None:
                 pending[slot] = [entry]
             elif chain[-1].absorb(entry):
-                self.merges += 1
+                merged += 1
                 continue
             else:
                 chain.append(entry)
@@ -178,6 +191,8 @@ class Lane:
             if slot not in held:
                 self.blocked = False
         self.count += added
+        if merged:
+            self.merges.value += merged
         self.bytes += size
 
     def put_back(self, entries: Iterable[Entry], *, rotate: bool = False) -> None:
@@ -272,14 +287,21 @@ class Lane:
             self.held.discard(self._slot(entry))
         self.blocked = False
 
-    def stats(self) -> dict[str, object]:
-        """The lane's part of ``/v1/stats``."""
+    def newest_delivered_age(self, now: float) -> float | None:
+        """Seconds from the intake of the newest record delivered to ``now`` (wall clock)."""
+        at = self.newest_delivered_at
+        return None if at is None else max(0.0, now - at)
+
+    def stats(self, now: float | None = None) -> dict[str, object]:
+        """The lane's part of ``/v1/stats``; ``now`` (wall clock) dates the delivery age."""
+        age = self.newest_delivered_age(now) if now is not None else None
         return {
+            "newest_delivered_age_s": None if age is None else round(age, 3),
             "pending_entries": self.count,
             "held_keys": len(self.held),
             "collections": self.collections,
             "collection_fallback": self.fallback,
-            "merges": self.merges,
+            "merges": self.merges.value,
             "failures": self.failures,
             "refused_in_a_row": self.health.streak,
             # Records refused alone, waiting to be tried alone again.
@@ -307,18 +329,26 @@ class Batcher:
         max_bytes: int,
         linger_s: float,
         modes: dict[LaneId, CollectionMode] | None = None,
+        merges: CounterFamily | None = None,
     ) -> None:
+        """``merges``, when given, keeps each lane's merge count (by schema and method):
+        the daemon passes ``records_coalesced``, so the lane's stats and Prometheus read
+        one count."""
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.linger_s = linger_s
         self.modes = dict(modes or {})
+        self._merges = merges
         self.lanes: dict[LaneId, Lane] = {}
         self.pending = 0  # records (not entries) held in memory, for the lease budget
 
     def lane(self, lane_id: LaneId) -> Lane:
         lane = self.lanes.get(lane_id)
         if lane is None:
-            lane = self.lanes[lane_id] = Lane(lane_id, self.modes.get(lane_id, "auto"))
+            merges = self._merges.labels(*lane_id) if self._merges is not None else Tally()
+            lane = self.lanes[lane_id] = Lane(
+                lane_id, self.modes.get(lane_id, "auto"), merges=merges
+            )
         return lane
 
     def add(self, lane_id: LaneId, entry: Entry) -> None:
@@ -381,7 +411,13 @@ class Batcher:
 
     def delivered(self, batch: Batch, entries: Iterable[Entry]) -> None:
         """Entries of ``batch`` were acked: the lane's transient failures are over."""
-        batch.lane.failures = 0
+        entries = list(entries)
+        lane = batch.lane
+        lane.failures = 0
+        if entries:
+            newest = max(e.newest_at for e in entries)
+            if lane.newest_delivered_at is None or newest > lane.newest_delivered_at:
+                lane.newest_delivered_at = newest
         self.finished(batch, entries)
 
     def back_off(

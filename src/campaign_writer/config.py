@@ -1,7 +1,9 @@
 """The writer's configuration: one TOML file read into frozen dataclasses.
 
-``load(path, overrides=[...])`` reads the file, applies ``--set section.key=value``
-overrides (values are TOML literals, or plain strings when they do not parse), and
+``load(path, overrides=[...])`` reads the file, applies ``CAMPAIGN_WRITER__SECTION__KEY``
+environment variables and then ``--set section.key=value`` overrides (both in
+:mod:`campaign_writer.overrides`; values are TOML literals, or plain strings when
+they do not parse), and
 checks everything in one pass: an unknown key, a wrong type, a value out of range, a
 route naming an unknown XTK type or an invalid XML name, a secret that cannot be
 read. Every problem is reported at once, each with its key path, in a
@@ -21,10 +23,10 @@ documents every key.
 
 from __future__ import annotations
 
-import itertools
+import os
 import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -42,8 +44,9 @@ from .campaign.soap import (
 from .campaign.xmltext import XmlTextPolicy
 from .errors import ConfigError
 from .logs import Secret
+from .overrides import Origins, apply_environment, apply_overrides
 from .router import CollectionMode, FieldConfig, RouteConfig, read_routes
-from .settings import SECRET_KEYS, Section, describe, split_listen
+from .settings import Section, describe, split_listen
 from .sources import SOURCE_KINDS, SourceConfig, known_kinds, parse_source_options
 
 __all__ = [
@@ -83,6 +86,7 @@ _LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _GIB: Final = 1024**3
 _MIB: Final = 1024**2
+_NO_ENVIRONMENT: Final[Mapping[str, str]] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,7 @@ class CampaignConfig:
     limits: tuple[tuple[str, float], ...] = ()
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     retry_after_cap_s: float = 60.0
+    check_schemas: bool = False
     auth: AuthConfig = field(default_factory=AuthConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     wire: WireOptions = field(default_factory=WireOptions)
@@ -210,8 +215,19 @@ class Config:
 # --- loading ------------------------------------------------------------------------
 
 
-def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
-    """Read, override and check a config file; ConfigError lists every problem."""
+def load(
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    environ: Mapping[str, str] | None = None,
+    origins: Origins | None = None,
+) -> Config:
+    """Read, override and check a config file; ConfigError lists every problem.
+
+    ``CAMPAIGN_WRITER__*`` variables of ``environ`` (default: this process's
+    environment) override the file, and ``overrides`` (``--set``) override both.
+    ``origins``, when given, learns where each value came from.
+    """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -221,19 +237,34 @@ def load(path: str | Path, overrides: Sequence[str] = ()) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return from_mapping(data, overrides)
+    environ = os.environ if environ is None else environ
+    return from_mapping(data, overrides, environ=environ, origins=origins)
 
 
-def from_mapping(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> Config:
-    """Build a Config from parsed TOML (tests and tools use this directly)."""
+def from_mapping(
+    data: Mapping[str, Any],
+    overrides: Sequence[str] = (),
+    *,
+    environ: Mapping[str, str] = _NO_ENVIRONMENT,
+    origins: Origins | None = None,
+) -> Config:
+    """Build a Config from parsed TOML (tests and tools use this directly).
+
+    Unlike :func:`load`, it reads ``CAMPAIGN_WRITER__*`` variables only from an
+    ``environ`` it is given.
+    """
     problems: list[str] = []
+    origins = Origins() if origins is None else origins
     tree = _copy_tree(data)
-    apply_overrides(tree, overrides, problems)
+    origins.mark_tree(tree, "file")
+    apply_environment(tree, environ, problems, origins)
+    apply_overrides(tree, overrides, problems, origins)
     root = Section(tree, "", problems)
     config = _read(root)
     root.finish()
+    origins.add_defaults(root.taken)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError([origins.suffix(problem) for problem in problems])
     return config
 
 
@@ -243,75 +274,6 @@ def _copy_tree(value: Any) -> Any:
     if isinstance(value, list):
         return [_copy_tree(v) for v in value]
     return value
-
-
-_SEGMENT = re.compile(r"([A-Za-z0-9_-]+)((?:\[\d+\])*)")
-
-
-def _literal(text: str) -> Any:
-    """A --set value: a TOML literal (42, true, "x", [1, 2]) or else the text itself."""
-    try:
-        return tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def apply_overrides(tree: dict[str, Any], overrides: Iterable[str], problems: list[str]) -> None:
-    """Apply ``section.key=value`` strings to a parsed TOML tree, in order."""
-    for override in overrides:
-        dotted, sep, raw = override.partition("=")
-        dotted = dotted.strip()
-        if not sep or not dotted:
-            problems.append(f"--set {override}: expected section.key=value")
-            continue
-        steps: list[str | int] = []
-        for part in dotted.split("."):
-            match = _SEGMENT.fullmatch(part)
-            if match is None:
-                steps = []
-                break
-            steps.append(match.group(1))
-            steps.extend(int(i) for i in re.findall(r"\[(\d+)\]", match.group(2)))
-        if not steps:
-            problems.append(f"--set {dotted}: not a key path like section.key or routes[0].name")
-            continue
-        last = steps[-1]
-        if isinstance(last, str) and last in SECRET_KEYS:
-            problems.append(
-                f"--set {dotted}: secrets cannot be set on the command line; "
-                f"use {last}_env or {last}_file in the config file"
-            )
-            continue
-        error = _assign(tree, steps, _literal(raw.strip()))
-        if error:
-            problems.append(f"--set {dotted}: {error}")
-
-
-def _assign(tree: dict[str, Any], steps: list[str | int], value: Any) -> str | None:
-    node: Any = tree
-    for step, following in itertools.pairwise(steps):
-        if isinstance(step, int):
-            if not isinstance(node, list) or step >= len(node):
-                return f"there is no element [{step}]"
-            node = node[step]
-            continue
-        if not isinstance(node, dict):
-            return f"{step!r} is not inside a table"
-        if step not in node:
-            if isinstance(following, int):
-                return f"there is no array {step!r}"
-            node[step] = {}
-        node = node[step]
-    last = steps[-1]
-    if isinstance(last, int):
-        if not isinstance(node, list) or last >= len(node):
-            return f"there is no element [{last}]"
-        node[last] = value
-    elif isinstance(node, dict):
-        node[last] = value
-    else:
-        return f"{last!r} is not inside a table"
-    return None
 
 
 # --- sections -----------------------------------------------------------------------
@@ -360,6 +322,7 @@ def _read_campaign(section: Section) -> CampaignConfig:
         limits=_read_limits(section.section("limits")),
         max_response_bytes=section.size("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES),
         retry_after_cap_s=section.duration("retry_after_cap_s", 60.0),
+        check_schemas=section.boolean("check_schemas", False),
         auth=_read_auth(section.section("auth")),
         tls=_read_tls(section.section("tls")),
         wire=_read_wire(section.section("wire")),

@@ -7,14 +7,16 @@ events, delivery finishes or releases its in-flight batches within
 ``daemon.shutdown_timeout_s``, then auth logs off and the queue closes. Whatever was
 not delivered stays in the queue; the next start resumes it.
 
-One supervisor (:meth:`Daemon.wait`) watches every long-running task: a stage that
-crashes stops the daemon with an error instead of disappearing silently.
+One supervisor (:meth:`Daemon.wait`) waits on every stage's long-running task
+(delivery's feeder and loop, the HTTP intake's listener, each source, the Campaign
+probe) and on the stop request, whichever ends first: a stage whose task ends before
+shutdown has crashed, and stops the daemon with an error at once instead of
+disappearing silently.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -27,14 +29,16 @@ from .batcher import Batcher
 from .budget import BudgetMode, SharedBudget
 from .campaign.auth import Authenticator, create_authenticator
 from .campaign.client import CampaignClient
+from .campaign.schemas import SchemaLookupError, SchemaReader
 from .campaign.transport import HttpTransport, TlsPolicy, Transport
 from .config import Config, split_listen
 from .dispatcher import Dispatcher
-from .errors import AuthError, CampaignError, CampaignWriterError
+from .errors import AuthError, CampaignError, CampaignWriterError, ConfigError
 from .logs import get_logger
 from .metrics import Metrics
 from .queue import DurableQueue
 from .router import Router
+from .schemacheck import Finding, Lookup, check_routes, read_schemas
 from .sources import build_sources
 from .sources.http import HttpIntake
 from .throttle import TenantThrottle
@@ -87,6 +91,10 @@ class Daemon:
         self._campaign_seen = 0.0
         self._campaign_problem: str | None = "not contacted yet"
         self.started_at = time.time()
+        # What the start-up schema check read (campaign.check_schemas), kept in memory for
+        # the life of the process; None when it did not run.
+        self.schemas: dict[str, Lookup] | None = None
+        self.schema_findings: list[Finding] = []
 
     # --- start -----------------------------------------------------------------------
 
@@ -107,6 +115,7 @@ class Daemon:
             synchronous=config.queue.synchronous,
             commit_window_s=config.queue.commit_window_ms / 1000,
         )
+        self.metrics.queue_max_bytes.set(config.queue.max_bytes)
         router = self.router = Router(config.routes, config.intake.invalid_xml_chars)
         self.transport = self._given_transport
         if self.transport is None:
@@ -132,12 +141,15 @@ class Daemon:
         self.auth = create_authenticator(
             campaign.auth, self.client, self.transport, metrics=self.metrics
         )
+        if campaign.check_schemas:
+            await self._check_schemas(self.client, self.auth)
         modes = {route.lane_id: route.collection for route in config.routes}
         batcher = Batcher(
             max_records=config.batch.max_records,
             max_bytes=config.batch.max_bytes,
             linger_s=config.batch.linger_ms / 1000.0,
             modes=modes,
+            merges=self.metrics.records_coalesced,
         )
         self.dispatcher = Dispatcher(
             self.queue,
@@ -220,6 +232,39 @@ class Daemon:
             except CampaignWriterError as exc:
                 log.warning("could not keep the learned tps limit", extra={"error": str(exc)})
 
+    async def _check_schemas(self, client: CampaignClient, auth: Authenticator) -> None:
+        """``campaign.check_schemas``: refuse to start when a route does not fit its schema.
+
+        Warnings are logged. An instance out of reach, refused credentials or a refused
+        lookup are warnings too: intake must not depend on Campaign being up, and
+        delivery meets (and reports) the same problems anyway.
+        """
+        routes = self.config.routes
+        try:
+            self.schemas = await read_schemas(routes, SchemaReader(client, auth))
+        except SchemaLookupError as exc:
+            log.warning(
+                "schema check skipped: the schemas could not be read",
+                extra={"kind": exc.kind, "reason": str(exc)},
+            )
+            return
+        self.schema_findings = findings = check_routes(routes, self.schemas)
+        for finding in findings:
+            if finding.severity == "warning":
+                log.warning(
+                    "route does not quite fit its schema",
+                    extra={"route": finding.route, "field": finding.field, "why": finding.message},
+                )
+        errors = [
+            f"routes {f.route!r}{f' field {f.field!r}' if f.field else ''}: {f.message}"
+            for f in findings
+            if f.severity == "error"
+        ]
+        if errors:
+            raise ConfigError(
+                [*errors, "campaign.check_schemas: the routes above do not fit the instance"]
+            )
+
     # --- run -------------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -227,28 +272,39 @@ class Daemon:
         self._stopped.set()
 
     async def wait(self) -> int:
-        """Run until stop() or until a stage crashes; returns the exit code."""
-        while not self._stopped.is_set():
-            crashed = self._crashed_stage()
-            if crashed is not None:
-                log.critical("a stage crashed; shutting down", extra={"stage": crashed})
-                return 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), 1.0)
-        return 0
+        """Run until stop() or until a stage's task ends; returns the exit code (1 when a
+        stage crashed). Waits on the tasks themselves: a crash is seen the moment it
+        happens."""
+        stages = self._stage_tasks()
+        stop = asyncio.ensure_future(self._stopped.wait())
+        try:
+            done, _ = await asyncio.wait({stop, *stages}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if self._stopped.is_set():
+            return 0
+        ended = next(task for task in done if task is not stop)
+        if ended.cancelled():
+            why = "its task was cancelled"
+        else:
+            error = ended.exception()
+            why = repr(error) if error is not None else "its task ended"
+        log.critical("a stage crashed; shutting down", extra={"stage": f"{stages[ended]}: {why}"})
+        return 1
 
-    def _crashed_stage(self) -> str | None:
-        if self.dispatcher is not None and self.dispatcher.crashed is not None:
-            return f"delivery: {self.dispatcher.crashed!r}"
+    def _stage_tasks(self) -> dict[asyncio.Task[Any], str]:
+        """Every stage's long-running task, by the stage's name."""
+        stages: dict[asyncio.Task[Any], str] = {}
+        if self.dispatcher is not None:
+            stages.update(dict.fromkeys(self.dispatcher.tasks, "delivery"))
+        if self.http is not None and self.http.task is not None:
+            stages[self.http.task] = "http intake"
         for source in self.sources:
-            crashed = getattr(source, "crashed", None)
-            if crashed is not None:
-                return f"source {source.name}: {crashed!r}"
-        if self._probe is not None and self._probe.done() and not self._probe.cancelled():
-            error = self._probe.exception()
-            if error is not None:
-                return f"campaign probe: {error!r}"
-        return None
+            if source.task is not None:
+                stages[source.task] = f"source {source.name}"
+        if self._probe is not None:
+            stages[self._probe] = "campaign probe"
+        return stages
 
     # --- stop ------------------------------------------------------------------------
 
@@ -416,12 +472,20 @@ class Daemon:
                 trips = throttle.budget.round_trips
                 self.metrics.budget_redis_round_trips.inc(trips - self._round_trips_counted)
                 self._round_trips_counted = trips
+        for check, problem in self.readiness().items():
+            self.metrics.readiness.labels(check).set(0 if problem else 1)
+        self.metrics.auth_ready.set(1 if self.auth is not None and self.auth.ready else 0)
+        if self.dispatcher is not None:
+            ages = self.metrics.lane_newest_delivered_age
+            for lane_id, age in self.dispatcher.newest_delivered_ages().items():
+                ages.labels(*lane_id).set(age)
         if self.queue is None:
             return
         stats = self.queue.stats()
         self.metrics.queue_depth.set(stats.depth)
         self.metrics.queue_bytes.set(stats.bytes)
         self.metrics.dead_letter_depth.set(stats.dead_letters)
+        self.metrics.queue_oldest_age.set(stats.oldest_age_s or 0.0)
 
     def stats(self) -> dict[str, Any]:
         self._refresh_gauges()
@@ -440,6 +504,12 @@ class Daemon:
                 "last_error": self.auth.last_error if self.auth else None,
             },
             "ready": self.readiness(),
-            "campaign": self.campaign_state(),
+            "campaign": {**self.campaign_state(), "tps_limit": self.config.campaign.tps_limit},
             "sources": [getattr(s, "stats", dict)() for s in self.sources],
+            "schema_check": None
+            if self.schemas is None
+            else {
+                "schemas_read": len(self.schemas),
+                "findings": [{"route": f.route, **f.as_dict()} for f in self.schema_findings],
+            },
         }

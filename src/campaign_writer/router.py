@@ -3,9 +3,11 @@
 A route (``[[routes]]`` in the config) matches events on top-level fields
 (``match = { type = "sample" }``; several keys must all match; the first matching
 route wins), names the target schema and method, the ``_key`` fields, and a field
-map: attribute <- dotted path in the event, with XTK type, length, required flag
-and default. :class:`Router` compiles the routes once; mapping an event is then a
-dictionary lookup per field plus the field's cast (:mod:`.xtktypes`).
+map: attribute <- dotted path in the event, with XTK type, length, required flag,
+default and, optionally, the values an enumeration allows (``enum = [...]``). A route
+may start from a ``preset`` (:mod:`.presets`). :class:`Router` compiles the routes
+once; mapping an event is then a dictionary lookup per field plus the field's cast
+(:mod:`.xtktypes`).
 
 Field semantics, per event:
 
@@ -36,6 +38,7 @@ from .campaign.documents import OPERATIONS, render_fragment
 from .campaign.xmltext import XmlTextPolicy, check_name, check_qualified_name, quote_attribute
 from .campaign.xtktypes import TEXT_TYPES, XTK_TYPES, Caster, caster, json_type, text_length
 from .errors import ConfigError, RecordError
+from .presets import PRESETS
 from .records import LaneId, QueueItem
 from .settings import MISSING, Section, describe
 
@@ -70,6 +73,7 @@ class FieldConfig:
     length: int | None = None
     required: bool = False
     default: str | None = None  # already cast to Campaign text
+    enum: tuple[str, ...] = ()  # the values allowed, as Campaign text; empty: any
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,7 @@ def _read_field(section: Section, attribute: str, policy: XmlTextPolicy) -> Fiel
         if type_name in XTK_TYPES and type_name not in TEXT_TYPES:
             section.problem("length", f"applies to string and memo, not {type_name}")
     required = section.boolean("required", False)
+    enum = _read_enum(section, attribute, type_name, length, policy)
     default: str | None = None
     raw_default = section.take("default")
     if raw_default is not MISSING and type_name in XTK_TYPES:
@@ -148,8 +153,33 @@ def _read_field(section: Section, attribute: str, policy: XmlTextPolicy) -> Fiel
         except RecordError as exc:
             message = str(exc).removeprefix(f"{attribute}: ")
             section.problem("default", message)
+        if default and enum and default not in enum:
+            section.problem("default", f"{default!r} is not one of enum")
     section.finish()
-    return FieldConfig(attribute, path, type_name, length, required, default)
+    return FieldConfig(attribute, path, type_name, length, required, default, enum)
+
+
+def _read_enum(
+    section: Section, attribute: str, type_name: str, length: int | None, policy: XmlTextPolicy
+) -> tuple[str, ...]:
+    """``enum = [...]``: the values a field may take (as the schema's enumeration lists
+    them), each cast like an event value so that comparing is exact."""
+    raw = section.take("enum")
+    if raw is MISSING:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        section.problem("enum", f"expected a non-empty array of values, got {describe(raw)}")
+        return ()
+    if type_name not in XTK_TYPES:
+        return ()
+    cast = caster(type_name, length, policy)
+    values: list[str] = []
+    for index, value in enumerate(raw):
+        try:
+            values.append(cast(value, attribute))
+        except RecordError as exc:
+            section.problem(f"enum[{index}]", str(exc).removeprefix(f"{attribute}: "))
+    return tuple(dict.fromkeys(values))
 
 
 def _read_fields(section: Section, policy: XmlTextPolicy) -> tuple[FieldConfig, ...]:
@@ -186,6 +216,10 @@ def _read_match(section: Section) -> Mapping[str, Any]:
 
 
 def _read_route(section: Section, policy: XmlTextPolicy) -> RouteConfig | None:
+    if section.has("preset"):
+        preset = section.string("preset", choices=PRESETS)
+        if preset in PRESETS:
+            section.underlay(PRESETS[preset])
     name = section.string("name")
     match = _read_match(section)
     schema = section.string("schema")
@@ -385,6 +419,20 @@ def _generate(fields: tuple[_Field, ...], key: tuple[str, ...], where: str) -> F
     return fill
 
 
+def _enumerated(cast: Caster, allowed: tuple[str, ...]) -> Caster:
+    """``cast``, then a check that the text is one of ``allowed`` (empty clears: allowed)."""
+    values = frozenset(allowed)
+    shown = ", ".join(repr(v) for v in allowed[:10]) + (", ..." if len(allowed) > 10 else "")
+
+    def cast_enumerated(value: object, field: str) -> str:
+        text = cast(value, field)
+        if text and text not in values:
+            raise RecordError(f"{text[:40]!r} is not one of the allowed values ({shown})", field)
+        return text
+
+    return cast_enumerated
+
+
 def _head(operation: str | None, key_spec: str | None) -> str:
     """The fragment's leading attributes, as :func:`render_fragment` writes them."""
     return render_fragment({}, operation, key_spec)
@@ -394,16 +442,18 @@ def _compile(route: RouteConfig, policy: XmlTextPolicy) -> _Route:
     compiled = []
     for spec in route.fields:
         path = tuple(spec.path.split("."))
+        cast = caster(spec.type, spec.length, policy)
         compiled.append(
             _Field(
                 spec.attribute,
                 path[0] if len(path) == 1 else None,
                 path,
                 spec.path,
-                caster(spec.type, spec.length, policy),
+                _enumerated(cast, spec.enum) if spec.enum else cast,
                 spec.required,
                 spec.default,
-                spec.type in TEXT_TYPES,
+                # An enumerated field always goes through its cast, which checks the value.
+                spec.type in TEXT_TYPES and not spec.enum,
                 text_length(spec.type, spec.length),
             )
         )
@@ -457,6 +507,9 @@ class Router:
             self._match_key = next(iter(keys))[0]
             for route in self.routes:
                 self._index.setdefault((type(route.match[0][1]), route.match[0][1]), route)
+
+    def __repr__(self) -> str:
+        return f"Router(routes={[route.name for route in self.routes]!r})"
 
     @classmethod
     def from_config(cls, config: RoutingConfig) -> Router:
@@ -526,8 +579,8 @@ class Router:
                         route.operation_label,
                     )
                 operation = found
-        # The record in documents.encode_record's format (the rendered, escaped
-        # fragment), by the route's generated filler.
+        # The record in the queue's format (its rendered, escaped fragment,
+        # documents.render_fragment), by the route's generated filler.
         fill = route.fill_keys if operation == "delete" else route.fill
         key, record = fill(event, route.heads[operation])
         return route, key, record

@@ -132,12 +132,28 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host, port
 
 
+def _underlaid(data: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(defaults)
+    for key, value in data.items():
+        below = merged.get(key)
+        if isinstance(value, Mapping) and isinstance(below, Mapping):
+            merged[key] = _underlaid(value, below)
+        else:
+            merged[key] = value
+    return merged
+
+
 class Section:
     """One TOML table being read; problems go to a shared list as ``path: message``."""
 
-    def __init__(self, data: object, path: str, problems: list[str]) -> None:
+    def __init__(
+        self, data: object, path: str, problems: list[str], taken: list[str] | None = None
+    ) -> None:
         self.path = path
         self.problems = problems
+        # Every key path asked for, in order, shared with nested sections: what
+        # `validate` lists with where each value came from.
+        self.taken: list[str] = [] if taken is None else taken
         if isinstance(data, Mapping):
             self._data: dict[str, Any] = dict(data)
         else:
@@ -174,7 +190,14 @@ class Section:
     def take(self, key: str) -> object:
         """The raw value of ``key`` (MISSING when absent), marking the key as known."""
         self._known.append(key)
+        self.taken.append(self.key_path(key))
         return self._data.pop(key, MISSING)
+
+    def underlay(self, defaults: Mapping[str, Any]) -> None:
+        """Fill keys this table does not set from ``defaults`` (a preset); where both hold
+        a table, the same rule applies inside it, so a preset's field is overridden key by
+        key."""
+        self._data = _underlaid(self._data, defaults)
 
     def rest(self) -> dict[str, Any]:
         """Every key not taken yet; the caller owns their validation from now on."""
@@ -224,6 +247,7 @@ class Section:
     def optional_string(self, key: str) -> str | None:
         if not self.has(key):
             self._known.append(key)
+            self.taken.append(self.key_path(key))
             return None
         return self.string(key)
 
@@ -387,7 +411,8 @@ class Section:
 
     def section(self, key: str) -> Section:
         value = self.take(key)
-        return Section(None if value is MISSING else value, self.key_path(key), self.problems)
+        data = None if value is MISSING else value
+        return Section(data, self.key_path(key), self.problems, self.taken)
 
     def sections(self, key: str) -> list[Section]:
         """An array of tables (``[[key]]``), each as a Section named ``key[i]``."""
@@ -398,7 +423,9 @@ class Section:
             self.problem(key, f"expected an array of tables ([[{key}]]), got {describe(value)}")
             return []
         base = self.key_path(key)
-        return [Section(item, f"{base}[{i}]", self.problems) for i, item in enumerate(value)]
+        return [
+            Section(item, f"{base}[{i}]", self.problems, self.taken) for i, item in enumerate(value)
+        ]
 
     def string_list(self, key: str) -> list[str]:
         """A string or an array of strings."""

@@ -198,7 +198,8 @@ class TenantThrottle:
         return pause
 
     def set_limit(self, tps_limit: float) -> None:
-        """Recalibrate to a new tenant limit (config reload, or a learned one)."""
+        """Recalibrate to a new tenant limit (SIGHUP reload of ``campaign.tps_limit``, or a
+        learned one)."""
         self.controller.set_limit(tps_limit)
         self._window.limit = max(1, math.floor(tps_limit))
 
@@ -226,9 +227,15 @@ class TenantThrottle:
 
     # --- state -----------------------------------------------------------------------
 
+    def __repr__(self) -> str:
+        return (
+            f"TenantThrottle(limit={self.controller.limit:g}, rate={self.rate():.3f},"
+            f" paused_for={self.paused_for:.3f}, throttled_episodes={self.throttled_episodes})"
+        )
+
     @property
     def share(self) -> float:
-        """This instance's part of the budget: 1, or 1/instances when it is shared."""
+        """This instance's part of a budget it does not keep alone (:attr:`SharedBudget.share`)."""
         return self.budget.share if self.budget is not None else 1.0
 
     @property

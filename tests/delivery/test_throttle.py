@@ -166,3 +166,13 @@ async def test_concurrent_callers_share_one_budget_in_real_time() -> None:
     await asyncio.gather(*(worker() for _ in range(40)))
     assert max_in_any_window(stamps) <= 40
     assert len(stamps) >= 50  # and the budget was actually used
+
+
+async def test_repr_shows_limit_rate_pause_and_throttle_episodes() -> None:
+    """A throttle's repr says its limit, current rate, pause left and 429 episodes."""
+    clock = FakeClock()
+    throttle = TenantThrottle(20, retry_after_cap_s=5.0, clock=clock, sleep=clock.sleep)
+    assert repr(throttle).startswith("TenantThrottle(limit=20, rate=19.600, paused_for=0.000,")
+    throttle.on_throttled(3.0)
+    shown = repr(throttle)
+    assert "paused_for=3.000" in shown and "throttled_episodes=1" in shown

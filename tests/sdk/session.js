@@ -2,7 +2,9 @@
 //
 // Usage: node session.js '{"url": "http://127.0.0.1:PORT", "login": "admin", "password": ...,
 //                          "clientId": ..., "clientSecret": ..., "steps": ["ims", ...]}'
-// (steps: userPassword, ims, expiry, faults; all when omitted.)
+// (steps: userPassword, ims, expiry, faults, schemas; all when omitted. "schemas" reads
+//  settings.schemas with client.getSchema in the XML, SimpleJson and BadgerFish
+//  representations, and through application.getSchema.)
 // Prints one JSON object with what each step returned (or the SDK error it raised);
 // tests/sdk/test_sdk_session.py checks it and reads the records back from the simulator.
 "use strict";
@@ -143,6 +145,40 @@ async function faultSession(settings) {
   return result;
 }
 
+// What the SDK makes of each schema the simulator serves: the raw XML, both JSON
+// representations, and the parsed XtkSchema's attributes (type, length, enum) and keys.
+async function schemaSession(settings) {
+  const client = await sdk.init(sdk.ConnectionParameters.ofUserAndPassword(
+    settings.url, settings.login, settings.password, {}));
+  await client.logon();
+  const result = {};
+  for (const id of settings.schemas || []) {
+    const xml = await client.getSchema(id, "xml");
+    if (!xml) {
+      result[id] = null;
+      continue;
+    }
+    const parsed = await client.application.getSchema(id);
+    const attributes = {};
+    parsed.root.children.forEach((child) => {
+      if (child.isAttribute) {
+        attributes[child.name] = { type: child.type, length: child.length, enum: child.enum };
+      }
+    });
+    const keys = [];
+    parsed.root.keys.forEach((key) => key.fields.forEach((field) => keys.push(field.name)));
+    result[id] = {
+      xml: sdk.DomUtil.toXMLString(xml),
+      simpleJson: await client.getSchema(id, "SimpleJson"),
+      badgerFish: await client.getSchema(id, "BadgerFish"),
+      attributes,
+      keys,
+    };
+  }
+  await client.logoff();
+  return result;
+}
+
 async function main() {
   const settings = JSON.parse(process.argv[2]);
   const steps = {
@@ -150,6 +186,7 @@ async function main() {
     ims: imsSession,
     expiry: expirySession,
     faults: faultSession,
+    schemas: schemaSession,
   };
   const output = {};
   for (const name of settings.steps || Object.keys(steps)) {

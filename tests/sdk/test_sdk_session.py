@@ -21,6 +21,8 @@ from tests.support.services import require_node
 
 SDK_DIR = Path(__file__).parent
 STG = "dem:sampleTableStg"
+ACME = SDK_DIR.parent / "simulator" / "schemas" / "acme-event.xml"
+FAST = {"tps_limit": 1000, "latency_ms": 0, "latency_per_record_ms": 0, "latency_jitter": 0}
 
 pytestmark = pytest.mark.node
 
@@ -43,7 +45,9 @@ def node() -> str:
     return node
 
 
-async def run_session(node: str, url: str, *steps: str) -> dict[str, Any]:
+async def run_session(
+    node: str, url: str, *steps: str, schemas: tuple[str, ...] = ()
+) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "url": url,
         "login": "admin",
@@ -51,6 +55,7 @@ async def run_session(node: str, url: str, *steps: str) -> dict[str, Any]:
         "clientId": "sim-client",
         "clientSecret": "sim-secret",
         "steps": list(steps) or None,
+        "schemas": list(schemas),
     }
     process = await asyncio.create_subprocess_exec(
         node,
@@ -120,3 +125,39 @@ async def test_sdk_reads_simulator_faults(node, simulator) -> None:
     assert on_500["statusCode"] == 500 and on_500["errorCode"] == ""
     assert "SOP-330011" in on_500["detail"]
     assert "bad" not in by_id(await simulator.records(STG))
+
+
+async def test_sdk_reads_the_staged_built_ins_and_a_loaded_xml_schema(node, simulator_factory):
+    """getSchema reads each staged built-in, its twin and a schema loaded from an XML file, in
+    XML and both JSON representations; the SDK's XtkSchema sees types, lengths, enums and keys;
+    an unknown schema is null."""
+    simulator = await simulator_factory(schema_files=[str(ACME)], **FAST)
+    ids = (
+        "nms:recipient",
+        "nms:recipientStg",
+        "nms:subscriptionRcp",
+        "nms:subscriptionRcpStg",
+        "nms:appSubscriptionRcp",
+        "nms:appSubscriptionRcpStg",
+        "acme:event",
+        "acme:eventStg",
+        "acme:nothing",
+    )
+    result = (await run_session(node, simulator.url, "schemas", schemas=ids))["schemas"]
+    assert result["acme:nothing"] is None
+    for schema_id in ids[:-1]:
+        namespace, name = schema_id.split(":")
+        got = result[schema_id]
+        assert f'namespace="{namespace}"' in got["xml"] and f'name="{name}"' in got["xml"]
+        assert got["simpleJson"]["namespace"] == namespace
+        assert got["simpleJson"]["name"] == name
+        assert got["badgerFish"]["@name"] == name
+        assert got["keys"], schema_id
+    assert result["nms:recipient"]["simpleJson"]["element"]["autoStg"] == "true"
+    assert result["nms:subscriptionRcpStg"]["keys"] == ["@recipient-id", "@service-id"]
+    acme = result["acme:eventStg"]
+    assert acme["keys"] == ["@eventId"]
+    assert acme["attributes"]["@email"] == {"type": "string", "length": 128, "enum": ""}
+    assert acme["attributes"]["@channel"]["enum"] == "channel"
+    assert acme["attributes"]["@items"]["type"] == "short"
+    assert acme["badgerFish"]["enumeration"]["@name"] == "channel"

@@ -57,7 +57,12 @@ def test_defaults_match_the_contract() -> None:
     assert [(c.client_id, c.client_secret) for c in config.ims_clients] == [
         ("sim-client", "sim-secret")
     ]
-    assert {s.id for s in config.schemas} == {"dem:sampleTable", "nms:recipient"}
+    assert {s.id for s in config.schemas} == {
+        "dem:sampleTable",
+        "nms:recipient",
+        "nms:subscriptionRcp",
+        "nms:appSubscriptionRcp",
+    }
     assert "sim-secret" not in repr(config)  # secrets stay out of reprs
 
 
@@ -72,7 +77,13 @@ def test_toml_file_adds_users_clients_schemas_and_windows(tmp_path) -> None:
     assert config.users[1].schemas == ("acme:eventStg",)
     assert [c.client_id for c in config.ims_clients] == ["sim-client", "pipeline"]
     assert config.schedule == (FaultWindow("outage", 30.0, 90.0, 1.0),)
-    assert [s.id for s in config.schemas] == ["dem:sampleTable", "nms:recipient", "acme:event"]
+    assert [s.id for s in config.schemas] == [
+        "dem:sampleTable",
+        "nms:recipient",
+        "nms:subscriptionRcp",
+        "nms:appSubscriptionRcp",
+        "acme:event",
+    ]
     assert "etl-password" not in repr(config)
     top_level = tmp_path / "top.toml"
     top_level.write_text("tps_limit = 3\nseed = 9\n")

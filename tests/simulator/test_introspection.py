@@ -32,6 +32,10 @@ async def test_stats_contract(simulator) -> None:
         STG,
         "nms:recipient",
         "nms:recipientStg",
+        "nms:subscriptionRcp",
+        "nms:subscriptionRcpStg",
+        "nms:appSubscriptionRcp",
+        "nms:appSubscriptionRcpStg",
     }
     assert stats["records_received"] == 3
     assert stats["faults_by_kind"] == {"schema": 1}

@@ -240,7 +240,8 @@ async def test_dropped_connection_reconnects_and_loses_nothing(
 async def test_full_queue_naks_with_a_delay_and_resumes(
     stream: Stream, intake_factory: IntakeFactory, sources: list
 ) -> None:
-    """A full local queue: the batch is nak-ed with a delay, redelivered once there is room."""
+    """A full local queue: the batch is nak-ed with a delay, redelivered once there is room
+    (num_delivered > 1: counted in the redeliveries metric)."""
     events, intake = await start_paused(stream, intake_factory, sources, 2_000, nak_delay_s=0.2)
     source = sources[-1]
     not_delivered, unacked = await stream.consumer_state("writers")
@@ -251,6 +252,10 @@ async def test_full_queue_naks_with_a_delay_and_resumes(
     keys = await collect([intake], [key for key, _ in events])
     assert set(keys) == {key for key, _ in events}
     assert source.stats()["redelivered"] >= 1
+    exported = intake.metrics.registry.get_sample_value(
+        "campaign_writer_source_redeliveries_total", {"source": source.name}
+    )
+    assert exported == source.stats()["redelivered"]
     await eventually(lambda: _settled(stream, "writers"), what="every message acked")
 
 

@@ -8,6 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from campaign_writer.errors import ConfigError
+from campaign_writer.metrics import Metrics
 from campaign_writer.sources.redis_streams import RedisStreamsSource, read_settings
 from tests.sources.conftest import (
     POISON,
@@ -38,6 +39,14 @@ async def publish(
         for body in bodies:
             pipe.xadd(stream, {"event": body, **extra})
         await pipe.execute()
+
+
+def redeliveries(metrics: Metrics, source: str) -> float:
+    """campaign_writer_source_redeliveries_total{source} as exported."""
+    value = metrics.registry.get_sample_value(
+        "campaign_writer_source_redeliveries_total", {"source": source}
+    )
+    return value or 0.0
 
 
 def make_source(
@@ -123,7 +132,8 @@ async def test_poison_entries_are_dead_lettered_with_their_fields(
 async def test_entries_a_crashed_consumer_left_pending_are_reclaimed(
     client: aioredis.Redis, intake_factory: IntakeFactory, sources: list, unique: str
 ) -> None:
-    """XAUTOCLAIM takes over entries another consumer read but never acked."""
+    """XAUTOCLAIM takes over entries another consumer read but never acked, and counts
+    them as redeliveries."""
     events = sample_events(unique, 300)
     await client.xgroup_create(unique, "writers", id="0", mkstream=True)
     await publish(client, unique, [body for _, body in events])
@@ -139,12 +149,15 @@ async def test_entries_a_crashed_consumer_left_pending_are_reclaimed(
     keys = await collect([intake], 300)
     assert sorted(keys) == sorted(key for key, _ in events)
     assert await pending(client, unique) == 0
+    assert source.stats()["redelivered"] == 120
+    assert redeliveries(intake.metrics, "redis") == 120
 
 
 async def test_own_pending_entries_are_taken_back_after_a_restart(
     client: aioredis.Redis, intake_factory: IntakeFactory, sources: list, unique: str
 ) -> None:
-    """A writer restarted under the same consumer name first re-reads its pending entries."""
+    """A writer restarted under the same consumer name first re-reads its pending entries
+    (counted as redeliveries)."""
     events = sample_events(unique, 50)
     await client.xgroup_create(unique, "writers", id="0", mkstream=True)
     await publish(client, unique, [body for _, body in events])
@@ -156,6 +169,7 @@ async def test_own_pending_entries_are_taken_back_after_a_restart(
     keys = await collect([intake], 50, timeout=10)
     assert sorted(keys) == sorted(key for key, _ in events)
     assert await pending(client, unique) == 0
+    assert redeliveries(intake.metrics, "redis") == 50
 
 
 async def test_killed_connection_reconnects_and_loses_nothing(

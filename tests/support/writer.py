@@ -160,8 +160,9 @@ class WriterProcess:
         self.process: asyncio.subprocess.Process | None = None
         self.intake_url = ""
 
-    async def start(self) -> str:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+    async def start(self, env: Mapping[str, str] | None = None) -> str:
+        """Start it (with ``env`` added to this process's environment) until ready."""
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

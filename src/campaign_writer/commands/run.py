@@ -112,7 +112,10 @@ async def _run(args: argparse.Namespace) -> int:
     from ..daemon import Daemon
     from ..errors import CampaignWriterError, ConfigError
     from ..logs import setup_logging
+    from ..systemd import Notifier
 
+    # Read (and taken out of the environment) before any child starts.
+    notifier = Notifier.from_environment()
     try:
         config = load(args.config, overrides=args.set)
     except ConfigError as exc:
@@ -140,6 +143,7 @@ async def _run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signal.SIGHUP, _reload, daemon, args)
         assert daemon.http is not None
         print(f"campaign-writer ready: intake {daemon.http.url}/v1/events", flush=True)
+        notifier.ready(f"taking events on {daemon.http.url}/v1/events")
         if simulator is not None:
             print(
                 "try: curl -sS -X POST "
@@ -151,6 +155,8 @@ async def _run(args: argparse.Namespace) -> int:
             )
         return await daemon.wait()
     finally:
+        notifier.stopping()
         await daemon.close()
+        await notifier.close()
         if simulator is not None:
             await _stop_simulator(simulator)

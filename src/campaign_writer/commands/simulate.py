@@ -50,13 +50,17 @@ POST /__sim/control fields (JSON object, all optional):
   "revoke_tokens": true     every IMS token is revoked
   "clear_records": true     empty every table
   "reset_stats": true       zero the /__sim/stats counters
+  "replicate_now": true     move staged rows to their source schema now, as an on-demand
+                            StartReplicateStagingData would (replicate_interval_s: on a timer)
 
 config file (--config): TOML, keys as the field names, at top level or under [simulator]
   (--example-config prints one with every key);
   [[users]] login/password/schemas, [[ims_clients]] client_id/client_secret/schemas,
   [[schedule]] kind/start_s/end_s/rate (seconds from start), [schemas."ns:name"] with
-  attributes = {name = {type, length}}, keys = [...], auto_stg = true.
-  Built-in schemas: dem:sampleTable(+Stg), nms:recipient(+Stg).
+  attributes = {name = {type, length}}, keys = [...], auto_stg = true;
+  schema_files = ["x.xml"]: xtk:srcSchema / xtk:schema files as exported from an instance.
+  Built-in schemas: dem:sampleTable(+Stg), nms:recipient(+Stg), nms:subscriptionRcp(+Stg),
+  nms:appSubscriptionRcp(+Stg).
 """
 
 
@@ -72,7 +76,9 @@ def _metavar(name: str, meta: Any) -> str:
         return "SHARE"
     if meta["kind"] in ("int", "int?", "float"):
         return "N"
-    return {"path": "FILE", "methods": "METHODS", "str": "TEXT"}.get(meta["kind"], name.upper())
+    return {"path": "FILE", "methods": "METHODS", "files": "FILES", "str": "TEXT"}.get(
+        meta["kind"], name.upper()
+    )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -88,7 +94,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
             continue
         default = spec.default
         if isinstance(default, tuple):
-            default = ",".join(default) or "all"
+            default = ",".join(default) or ("none" if meta["kind"] == "files" else "all")
         text = f"{meta['help']} (default: {default})"
         if meta["runtime"]:
             text += " [runtime]"

@@ -104,6 +104,7 @@ class Simulator:
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
+        self._replicator: asyncio.Task[None] | None = None
 
     @property
     def config(self) -> SimulatorConfig:
@@ -130,10 +131,24 @@ class Simulator:
         self.port = self._runner.addresses[0][1]
         host = f"[{config.host}]" if ":" in config.host else config.host
         self.url = f"{config.scheme}://{host}:{self.port}"
+        self._replicator = asyncio.create_task(self._replicate(), name="sim-replication")
         log.info("simulator started", extra={"url": self.url, "tps_limit": config.tps_limit})
+
+    async def _replicate(self) -> None:
+        """Run the staging replication every ``replicate_interval_s`` (a runtime knob)."""
+        while not self._closing.is_set():
+            interval = self.config.replicate_interval_s
+            try:
+                await asyncio.wait_for(self._closing.wait(), interval or 1.0)
+            except TimeoutError:
+                if interval > 0 and self.config.replicate_interval_s > 0:
+                    self.tenant.replicate()
 
     async def close(self) -> None:
         self._closing.set()  # releases calls held open by 'timeout' faults
+        if self._replicator is not None:
+            await self._replicator
+            self._replicator = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

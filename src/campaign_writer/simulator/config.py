@@ -36,6 +36,10 @@ file can also configure a writer. Tables and arrays::
     keys = ["eventId"]
     auto_stg = true
     attributes = { eventId = { type = "string", length = 64 }, at = { type = "datetime" } }
+
+``schema_files = ["acme-event.xml"]`` adds schemas from XML files as an instance
+exports them (``xtk:srcSchema`` or ``xtk:schema``; see :mod:`.schemafiles`); a
+relative path is relative to the TOML file.
 """
 
 from __future__ import annotations
@@ -243,6 +247,18 @@ class SimulatorConfig:
     schemas: tuple[SchemaSpec, ...] = _knob(
         DEFAULT_SCHEMAS, "schemas", kind="schemas", runtime=False, cli=False
     )
+    schema_files: tuple[str, ...] = _knob(
+        (),
+        "xtk:srcSchema or xtk:schema XML files (as exported from an instance) to serve"
+        " besides the built-in schemas, comma-separated",
+        kind="files",
+        runtime=False,
+    )
+    replicate_interval_s: float = _knob(
+        0.0,
+        "copy staged rows to their source schema every N s, as the ffdaReplicateStagingData"
+        " workflow does (hourly on a real instance); 0: never",
+    )
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -332,7 +348,7 @@ def _coerce(path: str, value: object, meta: Mapping[str, Any]) -> object:
         if meta["choices"] and value not in meta["choices"]:
             raise ConfigError(f"{path}: {value!r} is not one of {_listed(meta['choices'])}")
         return value
-    if kind == "methods":
+    if kind in ("methods", "files"):
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
             raise ConfigError(f"{path}: expected a list of method names")
@@ -396,7 +412,13 @@ def _validate(config: SimulatorConfig) -> None:
     for name in ("tps_limit", "latency_ms", "latency_per_record_ms", "latency_jitter"):
         if getattr(config, name) < 0:
             problems.append(f"{name}: must not be negative")
-    for name in ("max_concurrent", "retry_after_s", "timeout_hold_s", "drip_interval_s"):
+    for name in (
+        "max_concurrent",
+        "retry_after_s",
+        "timeout_hold_s",
+        "drip_interval_s",
+        "replicate_interval_s",
+    ):
         if getattr(config, name) < 0:
             problems.append(f"{name}: must not be negative")
     for name in (
@@ -476,5 +498,12 @@ def load_config(path: str | Path, base: SimulatorConfig | None = None) -> Simula
         ids = {s.id for s in extra_schemas}
         kept = () if replace else tuple(s for s in config.schemas if s.id not in ids)
         changes["schemas"] = (*kept, *extra_schemas)
+    if "schema_files" in section:
+        # Relative to the config file, as a person writing it next to the XML expects.
+        meta = _FIELDS["schema_files"].metadata
+        files = _coerce("schema_files", section.pop("schema_files"), meta)
+        assert isinstance(files, tuple)
+        here = Path(path).parent
+        changes["schema_files"] = (*config.schema_files, *(str(here / f) for f in files))
     changes.update(section)
     return apply_changes(config, changes, source=str(Path(path).name))

@@ -49,7 +49,10 @@ Actions:
 * ``expire_sessions: true``: every session token is invalid from now;
 * ``revoke_tokens: true``: every IMS access token is revoked;
 * ``clear_records: true``: empties every table (and the database file);
-* ``reset_stats: true``: zeroes the counters of ``/__sim/stats``.
+* ``reset_stats: true``: zeroes the counters of ``/__sim/stats``;
+* ``replicate_now: true``: moves every staged row to its source schema now, as an
+  on-demand ``StartReplicateStagingData`` would (``replicate_interval_s`` does it on
+  a timer; see :mod:`.replication`).
 
 ``GET /__sim/control`` returns the same answer without changing anything.
 
@@ -93,6 +96,7 @@ ACTIONS = (
     "revoke_tokens",
     "clear_records",
     "reset_stats",
+    "replicate_now",
 )
 MAX_PAGE = 100_000
 
@@ -149,6 +153,8 @@ def apply_control(tenant: Tenant, changes: Mapping[str, Any]) -> dict[str, Any]:
     if changes.get("reset_stats"):
         tenant.reset_stats()
         done["reset_stats"] = True
+    if changes.get("replicate_now"):
+        done["replicated"] = tenant.replicate()
     if changes:
         log.info("simulator control", extra={"fields": sorted(changes)})
     return {"config": runtime_knobs(tenant), "windows": tenant.plan.windows(), "done": done}

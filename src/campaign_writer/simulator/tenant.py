@@ -41,6 +41,8 @@ from .protocol import (
     session_info,
     user_info,
 )
+from .replication import replicate
+from .schemafiles import load_schema_files
 from .schemas import Catalog, session_schema_xml
 from .staging import WRITE_METHODS, Knobs, Written, write
 from .tables import Store
@@ -69,7 +71,7 @@ class Tenant:
         self.wall = wall
         self.started_at = clock()
         self.config = config
-        self.catalog = Catalog(config.schemas)
+        self.catalog = Catalog((*config.schemas, *load_schema_files(config.schema_files)))
         self.store = Store(self.catalog, config.db)
         self.auth = AuthState(clock)
         self.rng = random.Random(config.seed)  # a simulation, not security
@@ -83,6 +85,9 @@ class Tenant:
         self.log = CallLog(config.call_log_memory, config.call_log)
         self.users = {user.login: user for user in config.users}
         self.clients = {client.client_id: client for client in config.ims_clients}
+        self.replicated_total = 0
+        self.last_replication_at: float | None = None
+        self.last_replication_max_lag_s: float | None = None
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -155,6 +160,9 @@ class Tenant:
             "ims_tokens": len(self.auth.tokens),
             "windows": self.plan.windows(),
             "last_call_seq": self.log.last_seq,
+            "replicated_total": self.replicated_total,
+            "last_replication_at": self.last_replication_at,
+            "last_replication_max_lag_s": self.last_replication_max_lag_s,
             "uptime_s": self.clock() - self.started_at,
         }
 
@@ -258,6 +266,16 @@ class Tenant:
             return session_schema_xml()
         schema = self.catalog.get(name)
         return schema.xml() if schema is not None else ""
+
+    def replicate(self) -> int:
+        """One run of the staging replication (see :mod:`.replication`); rows moved."""
+        now = self.wall()
+        run = replicate(self.store, now)
+        self.replicated_total += run.moved
+        self.last_replication_at = now
+        if run.max_lag_s is not None:
+            self.last_replication_max_lag_s = round(run.max_lag_s, 3)
+        return run.moved
 
     def fault_raised(self, fault: SimFault) -> None:
         self.faults_by_kind[fault.kind] += 1

@@ -34,11 +34,14 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ..metrics import Metrics
     from ..queue import DurableQueue
     from ..router import Router
 
 __all__ = [
+    "EXTRAS",
     "SOURCE_KINDS",
     "Source",
     "SourceConfig",
@@ -53,6 +56,15 @@ __all__ = [
 # The kinds shipped in this package, in the order the config's error lists them.
 SOURCE_KINDS: Final = ("rabbitmq", "redis_streams", "nats", "kafka", "file")
 
+# The package extra that installs each broker kind's client, and the top-level
+# modules of that client: a kind whose client is missing is refused by name.
+EXTRAS: Final = {
+    "rabbitmq": ("rabbitmq", frozenset({"aiormq", "pamqp", "yarl"})),
+    "redis_streams": ("redis", frozenset({"redis", "hiredis"})),
+    "nats": ("nats", frozenset({"nats"})),
+    "kafka": ("kafka", frozenset({"aiokafka", "kafka"})),
+}
+
 T = TypeVar("T")
 
 
@@ -60,7 +72,11 @@ class Source(Protocol):
     """What the daemon needs from a running source."""
 
     name: str
-    crashed: BaseException | None
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The source's long-running task while it runs (None if it has none): the
+        daemon's supervisor waits on it, and its end before shutdown is a crash."""
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
@@ -132,6 +148,21 @@ def raise_problems(parse: ParseOptions[T], options: Mapping[str, Any], path: str
 _KINDS: dict[str, SourceKind[Any]] = {}
 
 
+def _import_kind(kind: str) -> Any:
+    """The kind's module; a ConfigError naming the extra when its client is missing."""
+    try:
+        return importlib.import_module(f"{__name__}.{kind}")
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if kind not in EXTRAS or missing not in EXTRAS[kind][1]:
+            raise
+        extra = EXTRAS[kind][0]
+        raise ConfigError(
+            f"{kind!r} sources need the {extra!r} extra, whose client ({missing}) is not"
+            f" installed: pip install 'campaign-writer[{extra}]'"
+        ) from None
+
+
 def register_source(
     kind: str, *, create: CreateSource, parse_options: ParseOptions[Any] | None = None
 ) -> None:
@@ -145,11 +176,14 @@ def known_kinds() -> tuple[str, ...]:
 
 
 def source_kind(kind: str) -> SourceKind[Any] | None:
-    """The registered kind, else the shipped one; None if there is neither."""
+    """The registered kind, else the shipped one; None if there is neither.
+
+    Raises ConfigError, naming the package extra, when the kind's client is missing.
+    """
     found = _KINDS.get(kind)
     if found is not None or kind not in SOURCE_KINDS:
         return found
-    module = importlib.import_module(f"{__name__}.{kind}")
+    module = _import_kind(kind)
     shipped: SourceKind[Any] = module.SOURCE
     _KINDS[kind] = shipped
     return shipped
@@ -159,7 +193,11 @@ def parse_source_options(
     kind: str, options: Mapping[str, Any], path: str, problems: list[str]
 ) -> Any:
     """The kind's typed settings for one block, problems appended; called by config."""
-    found = source_kind(kind)
+    try:
+        found = source_kind(kind)
+    except ConfigError as exc:
+        problems.extend(f"{path}.kind: {problem}" for problem in exc.problems)
+        return None
     if found is None:
         problems.append(f"{path}.kind: {kind!r} sources are not available in this build")
         return None

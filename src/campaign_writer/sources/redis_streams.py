@@ -109,6 +109,8 @@ class RedisStreamsSource(BrokerSource[RedisStreamsSettings]):
         self._next_claim = 0.0
         self._claim_cursor: bytes | str = "0-0"
         self._next_touch = 0.0
+        # Entries Redis hands over again: re-read from our pending list or claimed.
+        self._redeliveries = self.metrics.source_redeliveries.labels(self.name)
 
     def _redis(self) -> aioredis.Redis:
         if self._client is None:
@@ -157,6 +159,7 @@ class RedisStreamsSource(BrokerSource[RedisStreamsSettings]):
                 entries = reply[0][1] if reply else []
                 if entries:
                     self._own_pending = entries[-1][0]
+                    self._count_redelivered(len(entries))
                     return await self._messages(client, entries)
                 self._own_pending = None
             reply = await client.xreadgroup(
@@ -189,7 +192,15 @@ class RedisStreamsSource(BrokerSource[RedisStreamsSettings]):
         if entries or self._claim_cursor != "0-0":
             # More may wait behind these: look again on the next receive.
             self._next_claim = time.monotonic()
+        self._count_redelivered(len(entries))
         return await self._messages(client, entries)
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "redelivered": self._redeliveries.value}
+
+    def _count_redelivered(self, count: int) -> None:
+        if count:
+            self._redeliveries.inc(count)
 
     async def _messages(
         self, client: aioredis.Redis, entries: Sequence[tuple[bytes, Any]]
