@@ -24,7 +24,9 @@ from dataclasses import replace
 from typing import Any
 
 from .admin import AdminServer
+from .autolimit import LimitLearner, load_learned, save_learned
 from .batcher import Batcher
+from .budget import BudgetMode, SharedBudget
 from .campaign.auth import Authenticator, create_authenticator
 from .campaign.client import CampaignClient
 from .campaign.schemas import SchemaLookupError, SchemaReader
@@ -49,6 +51,7 @@ log = get_logger("daemon")
 ThrottleFactory = Callable[[Config, Metrics], TenantThrottle]
 
 PROBE_INTERVAL_S = 15.0
+KEEP_LEARNED_S = 5.0  # how often a changed learned limit is written to the queue file
 
 
 class Daemon:
@@ -81,6 +84,9 @@ class Daemon:
         self.http: HttpIntake | None = None
         self.sources: list[Any] = []
         self._probe: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self._learned_kept = 0.0
+        self._round_trips_counted = 0
         self._stopped = asyncio.Event()
         self._campaign_seen = 0.0
         self._campaign_problem: str | None = "not contacted yet"
@@ -123,11 +129,7 @@ class Daemon:
         if self._throttle_factory is not None:
             self.throttle = self._throttle_factory(config, self.metrics)
         else:
-            self.throttle = TenantThrottle(
-                campaign.tps_limit,
-                retry_after_cap_s=campaign.retry_after_cap_s,
-                on_rate_change=self.metrics.rate_limit.set,
-            )
+            self.throttle = await self._build_throttle()
         self.client = CampaignClient(
             campaign.url,
             self.transport,
@@ -180,6 +182,55 @@ class Daemon:
                 "auth": campaign.auth.mode,
             },
         )
+
+    async def _build_throttle(self) -> TenantThrottle:
+        """The tenant throttle: its method lanes, its learned limit, its shared budget."""
+        assert self.queue is not None
+        campaign = self.config.campaign
+        learner = None
+        if campaign.auto_limit:
+            kept = await load_learned(self.queue)
+            learner = LimitLearner(kept or campaign.tps_limit, learned=kept is not None)
+            self._learned_kept = learner.limit
+        budget = None
+        if campaign.budget.redis_url:
+            budget = SharedBudget(campaign.budget.redis_url, campaign.budget.name)
+            budget.on_mode_change = self._budget_mode
+        throttle = TenantThrottle(
+            campaign.tps_limit,
+            retry_after_cap_s=campaign.retry_after_cap_s,
+            on_rate_change=self.metrics.rate_limit.set,
+            method_limits=dict(campaign.limits),
+            learner=learner,
+            budget=budget,
+        )
+        if learner is not None:
+            throttle.on_limit_learned = self.metrics.learned_limit.set
+            self.metrics.learned_limit.set(learner.limit)
+            self._keeper = asyncio.create_task(self._keep_learned(throttle))
+        if budget is not None:
+            await budget.start()
+            self._budget_mode(budget.mode)
+        return throttle
+
+    def _budget_mode(self, mode: BudgetMode) -> None:
+        self.metrics.budget_shared.set(1 if mode == "shared" else 0)
+        self.metrics.budget_fallback.set(1 if mode == "fallback" else 0)
+
+    async def _keep_learned(self, throttle: TenantThrottle) -> None:
+        """Write the learned limit into the queue file when it changed (every few s)."""
+        while True:
+            await asyncio.sleep(KEEP_LEARNED_S)
+            await self._save_learned(throttle)
+
+    async def _save_learned(self, throttle: TenantThrottle) -> None:
+        limit = throttle.controller.limit
+        if self.queue is not None and abs(limit - self._learned_kept) > 1e-3:
+            try:
+                await save_learned(self.queue, limit)
+                self._learned_kept = limit
+            except CampaignWriterError as exc:
+                log.warning("could not keep the learned tps limit", extra={"error": str(exc)})
 
     async def _check_schemas(self, client: CampaignClient, auth: Authenticator) -> None:
         """``campaign.check_schemas``: refuse to start when a route does not fit its schema.
@@ -276,6 +327,15 @@ class Daemon:
         if self.auth is not None:
             await self.auth.close()
             self.auth = None
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
+            self._keeper = None
+        if isinstance(self.throttle, TenantThrottle):
+            if self.throttle.learner is not None:
+                await self._save_learned(self.throttle)
+            if self.throttle.budget is not None:
+                await self.throttle.budget.close()
         if self.transport is not None:
             await self.transport.close()
             self.transport = None
@@ -400,6 +460,18 @@ class Daemon:
 
     def _refresh_gauges(self) -> None:
         self.campaign_state()
+        throttle = self.throttle
+        if isinstance(throttle, TenantThrottle):
+            rates = throttle.method_rates()
+            for route in self.config.routes:
+                # A method without a limit of its own may use the whole tenant rate.
+                rates.setdefault(route.method, throttle.rate())
+            for method, rate in rates.items():
+                self.metrics.method_limit.labels(method).set(rate)
+            if throttle.budget is not None:
+                trips = throttle.budget.round_trips
+                self.metrics.budget_redis_round_trips.inc(trips - self._round_trips_counted)
+                self._round_trips_counted = trips
         for check, problem in self.readiness().items():
             self.metrics.readiness.labels(check).set(0 if problem else 1)
         self.metrics.auth_ready.set(1 if self.auth is not None and self.auth.ready else 0)
@@ -425,6 +497,7 @@ class Daemon:
                 else None
             ),
             "delivery": self.dispatcher.stats() if self.dispatcher is not None else None,
+            "throttle": self.throttle.stats() if self.throttle is not None else None,
             "auth": {
                 "mode": self.config.campaign.auth.mode,
                 "ready": bool(self.auth and self.auth.ready),

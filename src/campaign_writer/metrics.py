@@ -35,6 +35,11 @@ campaign_writer_dead_letter_depth                         gauge
 campaign_writer_in_flight                                 gauge
 campaign_writer_in_flight_limit                           gauge
 campaign_writer_rate_limit                                gauge  (calls per second)
+campaign_writer_budget_shared                             gauge
+campaign_writer_budget_fallback                           gauge
+campaign_writer_budget_redis_round_trips_total            ctr
+campaign_writer_throttle_learned_limit_calls_per_second   gauge
+campaign_writer_throttle_method_limit_calls_per_second    gauge  method
 campaign_writer_campaign_reachable                        gauge
 campaign_writer_call_latency_seconds                      hist   method
 campaign_writer_end_to_end_latency_seconds                hist
@@ -73,6 +78,14 @@ fatal answer, the queue full); ``auth_ready`` is 1 while the writer holds creden
 Campaign took. ``build_info`` is 1, labelled with the package version. The
 process (CPU, memory, open files), platform and garbage-collector collectors of
 prometheus-client are registered on each daemon's registry too.
+``budget_shared`` is 1 while the tenant budget is shared through Redis and
+``budget_fallback`` 1 while Redis is lost and this instance paces at its share;
+``budget_redis_round_trips`` counts the budget's calls to Redis (reservations,
+heartbeats, pauses). ``throttle_learned_limit_calls_per_second`` is the limit learned
+with ``tps_limit = "auto"`` (0 otherwise); ``throttle_method_limit_calls_per_second``
+is what each method may use on this instance now: its ``[campaign.limits]`` entry
+(its share of it when the budget is shared, lowered after a 429 charged to it), or
+the tenant rate for a route's method without a limit of its own.
 """
 
 from __future__ import annotations
@@ -288,6 +301,24 @@ class Metrics:
         self.in_flight = gauge("in_flight", "Campaign calls under way")
         self.in_flight_limit = gauge("in_flight_limit", "Current cap on calls under way")
         self.rate_limit = gauge("rate_limit", "Current throttle rate, calls per second")
+        self.budget_shared = gauge(
+            "budget_shared", "1 while the tenant budget is shared through Redis, else 0"
+        )
+        self.budget_fallback = gauge(
+            "budget_fallback", "1 while Redis is lost and this instance paces at its share"
+        )
+        self.budget_redis_round_trips = counter(
+            "budget_redis_round_trips", "Round trips to Redis for the shared tenant budget"
+        )
+        self.learned_limit = gauge(
+            "throttle_learned_limit_calls_per_second",
+            'The tenant limit learned with tps_limit = "auto" (0 otherwise)',
+        )
+        self.method_limit = gauge(
+            "throttle_method_limit_calls_per_second",
+            "Calls per second a method with its own limit may use on this instance now",
+            ("method",),
+        )
         self.campaign_reachable = gauge(
             "campaign_reachable",
             "1 while Campaign answers (a call or a probe got an HTTP answer), else 0",
@@ -367,6 +398,11 @@ METRIC_NAMES = (
     "campaign_writer_in_flight",
     "campaign_writer_in_flight_limit",
     "campaign_writer_rate_limit",
+    "campaign_writer_budget_shared",
+    "campaign_writer_budget_fallback",
+    "campaign_writer_budget_redis_round_trips_total",
+    "campaign_writer_throttle_learned_limit_calls_per_second",
+    "campaign_writer_throttle_method_limit_calls_per_second",
     "campaign_writer_campaign_reachable",
     "campaign_writer_call_latency_seconds",
     "campaign_writer_end_to_end_latency_seconds",

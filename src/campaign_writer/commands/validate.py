@@ -72,10 +72,8 @@ def execute(args: argparse.Namespace) -> int | Coroutine[Any, Any, int]:
         return 0
     routes = ", ".join(f"{r.name} -> {r.schema} ({r.method})" for r in config.routes)
     print(f"{args.config}: OK")
-    print(
-        f"  campaign  {config.campaign.url} (auth {config.campaign.auth.mode}, "
-        f"tps_limit {config.campaign.tps_limit:g})"
-    )
+    tps = "auto" if config.campaign.auto_limit else f"{config.campaign.tps_limit:g}"
+    print(f"  campaign  {config.campaign.url} (auth {config.campaign.auth.mode}, tps_limit {tps})")
     print(
         f"  intake    http://{config.http.listen}/v1/events"
         f"{' (token required)' if config.http.token else ''}"

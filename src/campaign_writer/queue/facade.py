@@ -18,7 +18,7 @@ from ..errors import CampaignWriterError, QueueError
 from ..records import Leased, QueueItem, RawDeadLetter, RecordDeadLetter
 from ..wakeup import Wakeup
 from .file import Snapshot
-from .jobs import AckJob, AppendJob, CloseJob, DeadLetterJob, Job, LeaseJob, RetryJob
+from .jobs import AckJob, AppendJob, CloseJob, DeadLetterJob, Job, LeaseJob, RetryJob, StateJob
 from .stats import QueueStats, stats_of
 from .tail import Tail
 from .window import GroupCommit
@@ -328,6 +328,14 @@ class DurableQueue:
             await self._submit(DeadLetterJob(list(entries)))
             for entry in entries:
                 self._leased.pop(entry[0], None)
+
+    async def remember(self, name: str, value: str) -> None:
+        """Keep a small named value in the file (the learned tps limit), for the next run."""
+        await self._submit(StateJob(name, value))
+
+    async def recall(self, name: str) -> str | None:
+        """A value :meth:`remember` kept, or None."""
+        return await self._submit(StateJob(name, None))
 
     async def wait_for_records(self, timeout: float) -> bool:
         """Wait for new records or a retry coming due; False when ``timeout`` passes first."""
