@@ -24,24 +24,24 @@ from dataclasses import replace
 from typing import Any
 
 from .admin import AdminServer
-from .autolimit import LimitLearner, load_learned, save_learned
 from .batcher import Batcher
-from .budget import BudgetMode, SharedBudget
 from .campaign.auth import Authenticator, create_authenticator
 from .campaign.client import CampaignClient
 from .campaign.schemas import SchemaLookupError, SchemaReader
 from .campaign.transport import HttpTransport, TlsPolicy, Transport
 from .config import Config, split_listen
+from .datamodel.check import Finding, Lookup, check_routes, read_schemas
 from .dispatcher import Dispatcher
 from .errors import AuthError, CampaignError, CampaignWriterError, ConfigError
 from .logs import get_logger
 from .metrics import Metrics
 from .queue import DurableQueue
 from .router import Router
-from .schemacheck import Finding, Lookup, check_routes, read_schemas
 from .sources import build_sources
 from .sources.http import HttpIntake
 from .throttle import TenantThrottle
+from .throttle.autolimit import LimitLearner, load_learned, save_learned
+from .throttle.budget import BudgetMode, SharedBudget
 
 __all__ = ["Daemon", "ThrottleFactory"]
 

@@ -21,8 +21,8 @@ from typing import Any, Final, Literal
 from .campaign.documents import OPERATIONS
 from .campaign.xmltext import XmlTextPolicy, check_name, check_qualified_name
 from .campaign.xtktypes import TEXT_TYPES, XTK_TYPES, caster
+from .datamodel.presets import PRESETS
 from .errors import ConfigError, RecordError
-from .presets import PRESETS
 from .records import LaneId
 from .settings import MISSING, Section, describe
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from campaign_writer.autolimit import LimitLearner
-from campaign_writer.budget import SharedBudget
 from campaign_writer.throttle import TenantThrottle
+from campaign_writer.throttle.autolimit import LimitLearner
+from campaign_writer.throttle.budget import SharedBudget
 from tests.delivery.test_throttle import max_in_any_window
 from tests.reliability.brokers import wait_port
 from tests.support.services import require_command

@@ -8,13 +8,13 @@ from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 
-from campaign_writer.autolimit import LimitLearner, load_learned, save_learned
 from campaign_writer.campaign.client import CampaignClient
 from campaign_writer.campaign.soap import Credentials, Param
 from campaign_writer.daemon import Daemon
 from campaign_writer.queue import DurableQueue
 from campaign_writer.testing import FakeRequest, FakeTransport, throttled
 from campaign_writer.throttle import TenantThrottle
+from campaign_writer.throttle.autolimit import LimitLearner, load_learned, save_learned
 from tests.delivery.test_throttle import max_in_any_window
 from tests.support.clock import on_virtual_time
 from tests.support.writer import writer_config

@@ -56,7 +56,7 @@ def _fail(message: str, code: int) -> int:
 
 
 def _print(schema: InstanceSchema, origin: str) -> int:
-    from ..scaffold import scaffold_route
+    from ..datamodel.scaffold import scaffold_route
 
     sys.stdout.write(scaffold_route(schema, origin))
     return 0

@@ -5,7 +5,7 @@ came from: the file, a ``CAMPAIGN_WRITER__*`` variable, ``--set``, or the defaul
 
 With ``--remote`` it also logs on to the configured instance, reads every route's
 target schema (never writing anything) and checks each route and field against it
-(:mod:`campaign_writer.schemacheck`). Exit codes: 0 when the config is valid (warnings
+(:mod:`campaign_writer.datamodel.check`). Exit codes: 0 when the config is valid (warnings
 allowed), 1 on any error, 2 when Campaign cannot be reached or refuses the
 credentials. ``--json`` prints one JSON object instead of the lines.
 """
@@ -201,7 +201,7 @@ def _print_json(data: dict[str, Any]) -> None:
 async def _remote(args: argparse.Namespace, config: Config) -> int:
     from ..campaign.connect import schema_reader
     from ..campaign.schemas import SchemaLookupError
-    from ..schemacheck import check_routes, read_schemas, report
+    from ..datamodel.check import check_routes, read_schemas, report
 
     try:
         async with schema_reader(config.campaign, config.sender.timeout_s) as reader:

@@ -44,8 +44,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .backoff import delay
-from .logs import get_logger
+from ..backoff import delay
+from ..logs import get_logger
 
 __all__ = ["BudgetMode", "SharedBudget"]
 

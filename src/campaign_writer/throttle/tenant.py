@@ -10,7 +10,7 @@ Three layers, each call passing them in this order:
    (sliding window, fixed window, token bucket with a small burst) accept best. The
    rate starts at ``tps_limit x headroom`` so network jitter cannot push two
    calls into one server window. With a shared budget
-   (:class:`~campaign_writer.budget.SharedBudget`) the times come from the one
+   (:class:`~campaign_writer.throttle.budget.SharedBudget`) the times come from the one
    schedule in Redis instead; without Redis, from local pacing at this instance's share.
 3. **A hard cap.** A sliding window admits at most ``tps_limit`` calls in any
    1-second window, whatever the pacing decides.
@@ -39,10 +39,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from ..backoff import delay
+from ..logs import get_logger
 from .autolimit import LimitLearner
-from .backoff import delay
 from .budget import BudgetMode, SharedBudget
-from .logs import get_logger
 from .pacing import Clock, MethodLane, RateController, Sleep, SlidingWindow
 
 __all__ = ["InFlightLimit", "RateController", "TenantThrottle"]

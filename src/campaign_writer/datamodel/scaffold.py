@@ -16,7 +16,7 @@ import json
 import re
 from typing import Final
 
-from .campaign.schemas import InstanceSchema, SchemaAttribute
+from ..campaign.schemas import InstanceSchema, SchemaAttribute
 
 __all__ = ["ROUTE_TYPE_OF", "scaffold_route"]
 

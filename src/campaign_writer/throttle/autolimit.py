@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 from typing import Protocol
 
-from .errors import QueueError
+from ..errors import QueueError
 
 __all__ = ["LEARNED_LIMIT_KEY", "LimitLearner", "StateStore", "load_learned", "save_learned"]
 
