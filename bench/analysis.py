@@ -14,6 +14,7 @@ from typing import Any
 
 from .measure import Limits, bins, concurrency, percentiles, window_figures
 from .scenarios import MAX_RECORDS, Case
+from .windows import busiest_window
 
 __all__ = ["run_figures"]
 
@@ -29,6 +30,7 @@ def _throughput(case: Case, run: Run, limits: Limits) -> dict[str, Any]:
     start = case.warmup_s
     end = run["measure_end"]
     figures = window_figures(calls, t0, start, end, limits, MAX_RECORDS)
+    figures["max_ok_calls_in_1s"] = busiest_window(calls, t0, start, end)
     latency = figures.pop("call_latency_ms")
     for key, value in latency.items():
         figures[f"call_latency_{key}_ms"] = value
@@ -175,6 +177,13 @@ def _accounting(run: Run) -> dict[str, Any]:
 
 def run_figures(case: Case, run: Run) -> dict[str, Any]:
     """Every figure of one run (flat: name -> number or None)."""
+    if case.load == "fleet":
+        from .fleet import fleet_figures
+
+        found = fleet_figures(case, run)
+        return {
+            k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in found.items()
+        }
     limits = Limits(case.tps, case.limit_changes())
     figures: dict[str, Any] = {}
     figures.update(_throughput(case, run, limits))

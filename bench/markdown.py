@@ -6,7 +6,7 @@ from typing import Any
 
 __all__ = ["format_figure", "render"]
 
-ORDER = ("writer", "cubic", "sdk", "unitary")
+ORDER = ("writer", "cubic", "sdk", "unitary", "shared", "storm", "split", "auto", "known")
 LABELS = {
     "utilisation": "successful calls / limit",
     "throttled_ratio": "429s / calls",
@@ -49,6 +49,30 @@ LABELS = {
     "intake_p99_ms": "202 answer p99 (intake)",
     "call_latency_p50_ms": "call latency p50",
     "call_latency_p99_ms": "call latency p99",
+    "max_ok_calls_in_1s": "most successful calls in any 1 s window",
+    "max_calls_in_1s": "most calls (429s included) in any 1 s window",
+    "windows_over_limit": "calls ending a 1 s window over the limit",
+    "throttled_calls": "429s",
+    "redis_round_trips_per_call": "Redis round trips per call",
+    "window_s": "measurement window",
+    "utilisation_before_loss": "utilisation before Redis dies",
+    "throttled_during_loss": "429s while Redis is down",
+    "throttled_ratio_during_loss": "429s / calls while Redis is down",
+    "utilisation_during_loss": "utilisation while Redis is down",
+    "redis_recovery_s": "time back to 95% of the limit after Redis returns",
+    "utilisation_after_loss": "utilisation after Redis returns",
+    "fallback_members": "writers that reported budget fallback",
+    "reach_s": "time to 95% of the unknown limit (3 s in a row)",
+    "throttled_finding": "429s until then",
+    "utilisation_first_limit": "utilisation, second half of the first limit",
+    "follow_drop_s": "time to 95% of the lowered limit",
+    "throttled_after_drop": "429s until then",
+    "utilisation_after_drop": "utilisation, second half of the lowered limit",
+    "follow_rise_s": "time to 95% of the raised limit",
+    "throttled_after_rise": "429s until then",
+    "utilisation_after_rise": "utilisation, second half of the raised limit",
+    "throttled_ratio_run": "429s / calls over the run",
+    "learned_limit_end": "learned limit at the end (calls/s)",
 }
 
 
@@ -112,9 +136,10 @@ def _case(name: str, case: dict[str, Any]) -> list[str]:
         lines.append("")
         if case["ratios"]:
             peers = [s for s in subjects if s in case["ratios"]]
-            lines.append("Writer ÷ peer (medians):")
+            main = case.get("main_subject", "writer")
+            lines.append(f"{main.capitalize()} ÷ peer (medians):")
             lines.append("")
-            lines.append("| figure | " + " | ".join(f"writer ÷ {p}" for p in peers) + " |")
+            lines.append("| figure | " + " | ".join(f"{main} ÷ {p}" for p in peers) + " |")
             lines.append("|---|" + "---|" * len(peers))
             for figure in case["headline"]:
                 values = [case["ratios"][p].get(figure) for p in peers]
@@ -185,7 +210,7 @@ def render(report: dict[str, Any]) -> str:
             "",
         ]
     lines += [
-        "## Delivery targets (writer, medians)",
+        "## Targets (medians: the writer's, or the subject named)",
         "",
         "| target | measured in | figure | wanted | met |",
         "|---|---|---|---|---|",

@@ -80,7 +80,7 @@ def _timeline(name: str, result: dict[str, Any], path: Path) -> None:
         rates = [
             s
             for s in run["samples"]
-            if s.get("rate") is not None and subject in ("writer", "cubic")
+            if s.get("rate") is not None and subject not in ("sdk", "unitary")
         ]
         if rates:
             axes[0].plot(
@@ -102,6 +102,11 @@ def _timeline(name: str, result: dict[str, Any], path: Path) -> None:
                     label="_outage",
                 )
             axes[0].text(phase.at_s, 0.5, " Campaign down", fontsize=8, color="dimgrey")
+    if "redis_kill_s" in case.extra:  # scale-out/redis-loss: when Redis was down
+        down = case.extra["redis_kill_s"]
+        for axis in axes:
+            axis.axvspan(down, down + case.extra["redis_down_s"], color="grey", alpha=0.15)
+        axes[0].text(down, 0.5, " Redis down", fontsize=8, color="dimgrey")
     axes[0].set_ylabel("calls/s")
     axes[0].set_title(f"{name}: calls per second against the tenant limit")
     axes[1].set_ylabel("HTTP 429 per second")

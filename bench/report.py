@@ -106,6 +106,48 @@ TARGETS = (
 )
 
 
+# Issue 20's targets: (target, case, subject, figure, bound, at least).
+SCALE_TARGETS = (
+    ("3 writers sharing: >= 97% of the limit", "scale-out", "shared", "utilisation", 0.97, True),
+    (
+        "3 writers sharing: 0 windows over the limit",
+        "scale-out",
+        "shared",
+        "windows_over_limit",
+        0,
+        False,
+    ),
+    ("3 writers sharing: 429s <= 0.5%", "scale-out", "shared", "throttled_ratio", 0.005, False),
+    ("uneven load, sharing: >= 95%", "scale-out/uneven", "shared", "utilisation", 0.95, True),
+    (
+        "Redis lost: 429s <= 2% while it is down",
+        "scale-out/redis-loss",
+        "shared",
+        "throttled_ratio_during_loss",
+        0.02,
+        False,
+    ),
+    (
+        "Redis back: >= 95% of the limit within 5 s",
+        "scale-out/redis-loss",
+        "shared",
+        "redis_recovery_s",
+        5.0,
+        False,
+    ),
+    ("auto: 95% of an unknown limit within 30 s", "auto-limit", "auto", "reach_s", 30.0, False),
+    ("auto: 429s <= 2% over the run", "auto-limit", "auto", "throttled_ratio_run", 0.02, False),
+    *(
+        (f"one writer alone, {model}: {name}", f"limiter-models/{model}", "writer", fig, b, up)
+        for model in ("sliding", "fixed", "token_bucket")
+        for name, fig, b, up in (
+            (">= 99% of the limit", "utilisation", 0.99, True),
+            ("429s <= 0.5%", "throttled_ratio", 0.005, False),
+        )
+    ),
+)
+
+
 def _target(
     name: str, source: str, value: Any, bound: float, at_least: bool, unit: str
 ) -> dict[str, Any]:
@@ -126,6 +168,17 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     rows = [
         _target(name, case, _median(report, case, figure), bound, at_least, figure)
         for name, case, figure, bound, at_least in TARGETS
+    ]
+    rows += [
+        _target(
+            name,
+            f"{case} ({subject})",
+            _median(report, case, figure, subject),
+            bound,
+            at_least,
+            figure,
+        )
+        for name, case, subject, figure, bound, at_least in SCALE_TARGETS
     ]
     # CPU at full rate: the filling's intake cost per event plus saturation's delivery cost.
     fill = report.get("backlog_fill") or {}
@@ -166,9 +219,12 @@ def _case_report(result: dict[str, Any]) -> dict[str, Any]:
             "runs": [r["figures"] for r in runs],
         }
     ratios: dict[str, dict[str, float | None]] = {}
-    writer = subjects.get("writer", {}).get("figures", {})
+    # The subject the others are compared with: the writer, or a fleet case's first subject.
+    main = "writer" if case.load != "fleet" else case.subjects[0]
+    peers = PEERS if case.load != "fleet" else case.subjects[1:]
+    writer = subjects.get(main, {}).get("figures", {})
     for name, data in subjects.items():
-        if name not in PEERS or not writer:
+        if name not in peers or not writer:
             continue
         ratios[name] = {}
         for figure in case.figures:
@@ -190,6 +246,7 @@ def _case_report(result: dict[str, Any]) -> dict[str, Any]:
             "phases": [{"at_s": p.at_s, "label": p.label, **p.changes} for p in case.phases],
         },
         "headline": list(case.figures),
+        "main_subject": main,
         "subjects": subjects,
         "ratios": ratios,
         "skipped": result.get("skipped", {}),

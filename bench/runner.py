@@ -33,6 +33,7 @@ import orjson
 
 from . import wakecost
 from .analysis import run_figures
+from .fleet import FLEET_SUBJECTS, run_fleet
 from .load import Events
 from .procs import REPO, MachineSampler, SimulatorProcess, machine_info
 from .scenarios import (
@@ -74,9 +75,10 @@ def options_from(args: argparse.Namespace, root: Path = REPO) -> Options:
             f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}"
         )
     subjects = tuple(s.strip() for s in args.peers.split(",") if s.strip())
-    bad = [s for s in subjects if s not in ALL_SUBJECTS]
+    known = (*ALL_SUBJECTS, *FLEET_SUBJECTS)
+    bad = [s for s in subjects if s not in known]
     if bad:
-        raise SystemExit(f"unknown subject(s): {', '.join(bad)}; known: {', '.join(ALL_SUBJECTS)}")
+        raise SystemExit(f"unknown subject(s): {', '.join(bad)}; known: {', '.join(known)}")
     repeats = args.repeats or (1 if mode == "quick" else 3)
     output = Path(args.output) if args.output else root / "bench" / "results"
     return Options(names, mode, repeats, subjects, output, args.scale, args.plots)
@@ -323,6 +325,9 @@ class Bench:
 
     # --- cases -----------------------------------------------------------------------
 
+    def save_run(self, run: dict[str, Any]) -> None:
+        self._save(run)
+
     def _save(self, run: dict[str, Any]) -> None:
         path = self.out / "runs" / _safe(run["case"]) / f"{run['subject']}-{run['repeat']}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -336,6 +341,9 @@ class Bench:
             "skipped": {},
             "errors": [],
         }
+        if case.load == "fleet":
+            await run_fleet(self, case, result)
+            return result
         if case.load in ("intake", "memory"):
             runner = {
                 "intake/http": run_intake_http,
@@ -441,7 +449,7 @@ async def run(options: Options) -> int:
             print("wake cost: sleeping and empty-responder probes", flush=True)
             bench.wake_cost = await measure_wake_cost(bench.out / "logs", options.scale)
             bench.record_invocation()
-        if {"writer", "cubic"} & set(options.subjects):
+        if {"writer", "cubic"} & set(options.subjects) or any(c.load == "fleet" for c in cases):
             await bench.backlog.prepare(max((c.backlog_needed() for c in cases), default=0))
         for case in cases:
             print(f"{case.name}: {case.description}", flush=True)

@@ -11,7 +11,10 @@ timed control changes), how load arrives, and for how long:
 * ``poisson``: Poisson arrivals at a share of capacity for ``warmup + duration``,
   then up to ``drain_s`` for the subject to empty;
 * ``burst``: ``events`` posted at once, then up to ``drain_s`` to settle;
-* ``intake`` and ``memory``: writer-only measurements (see :mod:`bench.special`).
+* ``intake`` and ``memory``: writer-only measurements (see :mod:`bench.special`);
+* ``fleet``: several writer processes at once on one tenant, each in a role
+  (``extra["roles"]``: ``backlog``, ``light`` or ``idle``), the subjects being how
+  they share the budget (see :mod:`bench.fleet`).
 
 Capacity is ``tps_limit x max_records`` records/s (20 x 500 = 10,000 by default).
 Durations of the quick mode keep ``make bench`` near a minute; the full mode is
@@ -35,6 +38,8 @@ __all__ = [
 ]
 
 ALL_SUBJECTS = ("writer", "unitary", "sdk", "cubic")
+SCALE_OUT_SUBJECTS = ("shared", "storm", "split")
+AUTO_SUBJECTS = ("auto", "known")
 TPS = 20.0
 MAX_RECORDS = 500
 LINGER_MS = 200
@@ -111,7 +116,7 @@ class Case:
     def backlog_needed(self, records_per_call: int = MAX_RECORDS) -> int:
         """Events a backlog case must hold so a subject sending ``records_per_call``
         records per call at the limit never runs dry."""
-        if self.load != "backlog":
+        if self.load not in ("backlog", "fleet"):
             return 0
         seconds = self.warmup_s + self.duration_s
         # Records/s follow the limit, so a halved limit needs half the backlog meanwhile.
@@ -154,6 +159,41 @@ LATENCY = (
     "delivered_share",
 )
 INTAKE = ("intake_p50_ms", "intake_p99_ms")
+FLEET = (
+    "utilisation",
+    "max_ok_calls_in_1s",
+    "max_calls_in_1s",
+    "windows_over_limit",
+    "throttled_ratio",
+    "throttled_calls",
+    "ok_calls_per_s",
+    "batch_fill",
+    "redis_round_trips_per_call",
+    "window_s",
+    "cpu_s",
+)
+REDIS_LOSS = (
+    "utilisation_before_loss",
+    "throttled_during_loss",
+    "throttled_ratio_during_loss",
+    "utilisation_during_loss",
+    "redis_recovery_s",
+    "utilisation_after_loss",
+    "fallback_members",
+)
+AUTO = (
+    "reach_s",
+    "throttled_finding",
+    "utilisation_first_limit",
+    "follow_drop_s",
+    "throttled_after_drop",
+    "utilisation_after_drop",
+    "follow_rise_s",
+    "throttled_after_rise",
+    "utilisation_after_rise",
+    "throttled_ratio_run",
+    "learned_limit_end",
+)
 
 
 def _durations(mode: str, quick: tuple[float, ...], full: tuple[float, ...]) -> tuple[float, ...]:
@@ -174,6 +214,90 @@ def _saturation(mode: str, name: str, knobs: dict[str, Any], description: str) -
     )
 
 
+def _fleet_cases(mode: str) -> dict[str, list[Case]]:
+    """``scale-out`` (3 writers, how they share the budget) and ``auto-limit``."""
+    warmup, window = _durations(mode, (5.0, 20.0), (5.0, 60.0))
+    before, down, after = _durations(mode, (20.0, 10.0, 20.0), (30.0, 20.0, 30.0))
+    first, dropped, risen = _durations(mode, (40.0, 30.0, 30.0), (60.0, 60.0, 60.0))
+    low = round(TPS * 0.6)
+    shared = (
+        "shared: each at the full limit, one budget through Redis; storm: each at the full "
+        f"limit, no shared budget; split: each at {TPS:g} / 3"
+    )
+    backlog = Case(
+        name="scale-out",
+        scenario="scale-out",
+        description=(
+            f"3 writers on one tenant ({TPS:g} calls/s, sliding window), each with its own "
+            f"backlog ({shared}): aggregate utilisation over {window:g} s after a "
+            f"{warmup:g} s warm-up, the busiest second, 429s, Redis round trips per call."
+        ),
+        load="fleet",
+        warmup_s=warmup,
+        duration_s=window,
+        subjects=SCALE_OUT_SUBJECTS,
+        figures=FLEET,
+        extra={"roles": ("backlog", "backlog", "backlog")},
+    )
+    uneven = replace(
+        backlog,
+        name="scale-out/uneven",
+        description=(
+            "3 writers, uneven load: one idle, one lightly loaded (Poisson, 2 events/s: about "
+            "2 calls/s), one with a backlog: can the busy one use what the others leave?"
+        ),
+        extra={"roles": ("idle", "light", "backlog"), "light_rate": 2.0},
+    )
+    loss = replace(
+        backlog,
+        name="scale-out/redis-loss",
+        description=(
+            f"3 writers with backlogs sharing a budget through a Redis of the harness's own, "
+            f"SIGKILLed at {warmup + before:g} s and started again (empty) {down:g} s later: "
+            "429s while it is down, time back to 95% of the limit after it returns."
+        ),
+        duration_s=before + down + after,
+        subjects=("shared",),
+        figures=(*FLEET[:6], *REDIS_LOSS, "redis_round_trips_per_call"),
+        extra={
+            "roles": ("backlog", "backlog", "backlog"),
+            "redis_kill_s": warmup + before,
+            "redis_down_s": down,
+        },
+    )
+    auto = Case(
+        name="auto-limit",
+        scenario="auto-limit",
+        description=(
+            f'One writer with a backlog and tps_limit = "auto" (auto) or told the limit (known, '
+            f"{TPS:g}); the tenant allows {TPS:g} calls/s, {low:g} from {first:g} s, {TPS:g} "
+            f"again from {first + dropped:g} s: time to 95% of the limit (3 seconds in a row), "
+            "429s spent finding it and following it."
+        ),
+        load="fleet",
+        warmup_s=0.0,
+        duration_s=first + dropped + risen,
+        phases=(
+            Phase(first, {"tps_limit": low}, "limit drops"),
+            Phase(first + dropped, {"tps_limit": TPS}, "limit back"),
+        ),
+        subjects=AUTO_SUBJECTS,
+        figures=AUTO,
+        extra={"roles": ("backlog",)},
+    )
+    together = replace(
+        auto,
+        name="auto-limit/shared",
+        description=(
+            'Three writers with backlogs, tps_limit = "auto" and one budget through Redis: '
+            "they learn one limit together (same tenant limits and figures as auto-limit)."
+        ),
+        subjects=("auto",),
+        extra={"roles": ("backlog", "backlog", "backlog")},
+    )
+    return {"scale-out": [backlog, uneven, loss], "auto-limit": [auto, together]}
+
+
 def build_cases(mode: str) -> dict[str, list[Case]]:
     """Every scenario's cases for ``mode`` ("quick" or "full")."""
     steady_warmup, steady_load, steady_drain = _durations(mode, (1.0, 5.0, 3.0), (3.0, 30.0, 15.0))
@@ -188,6 +312,8 @@ def build_cases(mode: str) -> dict[str, list[Case]]:
     )
     (faults_drain,) = _durations(mode, (45.0,), (180.0,))
     memory_events = 100_000 if mode == "quick" else 1_000_000
+    # One writer alone on each model: at least 20 s, or the utilisation figure is noise.
+    (models_window,) = _durations(mode, (20.0,), (30.0,))
     limit_drop = Case(
         name="limit-drop",
         scenario="limit-drop",
@@ -392,11 +518,16 @@ def build_cases(mode: str) -> dict[str, list[Case]]:
             ),
         ],
         "limiter-models": [
-            _saturation(
-                mode,
-                f"limiter-models/{model}",
-                {"limiter": model},
-                f"Saturation (backlog) against the {label} limiter model.",
+            replace(
+                _saturation(
+                    mode,
+                    f"limiter-models/{model}",
+                    {"limiter": model},
+                    f"Saturation (backlog) against the {label} limiter model, one writer "
+                    f"alone, measured over {models_window:g} s.",
+                ),
+                duration_s=models_window,
+                figures=(*THROUGHPUT[:2], "max_ok_calls_in_1s", *THROUGHPUT[2:]),
             )
             for model, label in (
                 ("sliding", "sliding 1-second window"),
@@ -445,6 +576,7 @@ def build_cases(mode: str) -> dict[str, list[Case]]:
                 figures=("events_waiting", "peak_rss_filling_mb", "peak_rss_delivering_mb"),
             )
         ],
+        **_fleet_cases(mode),
     }
 
 

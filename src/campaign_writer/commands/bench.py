@@ -36,6 +36,8 @@ SCENARIOS = (
     "limiter-models",
     "intake",
     "memory",
+    "scale-out",
+    "auto-limit",
 )
 
 MISSING = (
@@ -80,7 +82,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--peers",
         default="writer,unitary,sdk,cubic",
-        help="subjects to run, comma-separated (default: writer,unitary,sdk,cubic)",
+        help="subjects to run, comma-separated (default: writer,unitary,sdk,cubic); the "
+        "scale-out and auto-limit scenarios run their own (shared,storm,split and auto,known): "
+        "name some of those to run only them",
     )
     parser.add_argument(
         "--output",

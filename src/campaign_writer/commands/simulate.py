@@ -38,6 +38,7 @@ endpoints:
 
 POST /__sim/control fields (JSON object, all optional):
   any knob marked [runtime] above, by its field name, e.g. {"tps_limit": 10, "limiter": "fixed"}
+  "method_limits": {"Ingest": 12, "WriteCollection": 5}   per-method calls/s (replaces all)
   "schedule": [{"kind": K, "start_s": S, "end_s": E, "rate": R}]  windows from now (replaces all)
       K: 500 502 503 timeout reset truncate html soap expire revoke
          entity laughs huge drip masked badlogin outage
@@ -77,9 +78,13 @@ def _metavar(name: str, meta: Any) -> str:
         return "SHARE"
     if meta["kind"] in ("int", "int?", "float"):
         return "N"
-    return {"path": "FILE", "methods": "METHODS", "files": "FILES", "str": "TEXT"}.get(
-        meta["kind"], name.upper()
-    )
+    return {
+        "path": "FILE",
+        "methods": "METHODS",
+        "method_limits": "METHOD=N,...",
+        "files": "FILES",
+        "str": "TEXT",
+    }.get(meta["kind"], name.upper())
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -94,7 +99,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         if not meta["cli"]:
             continue
         default = spec.default
-        if isinstance(default, tuple):
+        if meta["kind"] == "method_limits":
+            default = "none"
+        elif isinstance(default, tuple):
             default = ",".join(default) or ("none" if meta["kind"] == "files" else "all")
         text = f"{meta['help']} (default: {default})"
         if meta["runtime"]:

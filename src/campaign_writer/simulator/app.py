@@ -8,7 +8,9 @@ Routes:
 * ``/__sim/*``: control and introspection, see :mod:`.control`.
 
 A SOAP call goes through, in this order: an outage window (answer per
-``outage_mode``), the TPS limiter (HTTP 429), the concurrency cap (wait, or 503),
+``outage_mode``), the TPS limiter and the limiter of its method if
+``method_limits`` names it (HTTP 429, the same answer for either; the method is
+the one the SOAPAction header or ``?soapAction=`` names), the concurrency cap (wait, or 503),
 parsing, the per-call fault draw (failures injected before processing), the
 latency model (the call sleeps while holding its concurrency slot), the method
 itself, and for a ``truncate`` draw the answer cut short (for ``drip``, sent a byte
@@ -192,9 +194,9 @@ class Simulator:
             if tenant.plan.outage():
                 trace.outcome = "outage"
                 return await self._fail(request, tenant.config.outage_mode, trace)
-            limiter = tenant.limiter
-            if limiter is not None and not limiter.admit():
-                return self._throttled(trace)
+            wait = tenant.admit(trace.method)
+            if wait is not None:
+                return self._throttled(trace, wait)
             gate = tenant.gate
             if not gate.try_enter():
                 if tenant.config.overflow == "reject":
@@ -283,14 +285,13 @@ class Simulator:
             return web.Response(status=status, text=SESSION_EXPIRED_TEXT + "\n")
         return web.Response(status=status, body=fault.body(), headers={"Content-Type": _XML})
 
-    def _throttled(self, trace: _Trace) -> web.Response:
+    def _throttled(self, trace: _Trace, wait_s: float) -> web.Response:
+        """The same 429 whichever limit refused: Campaign does not say which."""
         config = self.tenant.config
         trace.status, trace.outcome = 429, "throttled"
         headers = {}
         if config.retry_after:
-            wait = config.retry_after_s
-            if not wait and self.tenant.limiter is not None:
-                wait = max(1, math.ceil(self.tenant.limiter.wait_s()))
+            wait = config.retry_after_s or max(1, math.ceil(wait_s))
             headers["Retry-After"] = str(max(1, wait))
         if not config.throttle_body:
             return web.Response(status=429, headers=headers)

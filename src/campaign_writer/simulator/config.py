@@ -45,6 +45,7 @@ exports them (``xtk:srcSchema`` or ``xtk:schema``, or a data package of them; se
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -56,6 +57,19 @@ from ..logs import register_secret
 from .configtables import only, schema_specs, strings, table_list, windows
 from .faults import KINDS, FaultWindow
 from .schemas import DEFAULT_SCHEMAS, SchemaSpec
+
+# Every SOAP method the simulator answers, the names [method_limits] accepts.
+SOAP_METHODS = (
+    "Logon",
+    "BearerTokenLogon",
+    "Logoff",
+    "GetUserInfo",
+    "GetEntityIfMoreRecent",
+    "Write",
+    "WriteCollection",
+    "Ingest",
+    "IngestExt",
+)
 
 __all__ = [
     "DEFAULT_IMS_CLIENTS",
@@ -152,6 +166,12 @@ class SimulatorConfig:
         choices=PROFILES,
     )
     tps_limit: float = _knob(20.0, "calls per second over all SOAP methods; 0: no limit")
+    method_limits: tuple[tuple[str, float], ...] = _knob(
+        (),
+        "calls per second of single SOAP methods, within tps_limit, e.g."
+        " Ingest=12,WriteCollection=5 (a TOML or JSON table); 0 or absent: only tps_limit",
+        kind="method_limits",
+    )
     limiter: str = _knob("sliding", "TPS limiter model", choices=LIMITERS)
     burst: int = _knob(5, "token bucket capacity (limiter token_bucket)")
     latency_ms: float = _knob(50.0, "base latency of a SOAP call, ms")
@@ -349,6 +369,8 @@ def _coerce(path: str, value: object, meta: Mapping[str, Any]) -> object:
         if meta["choices"] and value not in meta["choices"]:
             raise ConfigError(f"{path}: {value!r} is not one of {_listed(meta['choices'])}")
         return value
+    if kind == "method_limits":
+        return _method_limits(path, value)
     if kind in ("methods", "files"):
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
@@ -366,6 +388,44 @@ def _coerce(path: str, value: object, meta: Mapping[str, Any]) -> object:
     if kind == "schemas":
         return schema_specs(path, value)
     raise ConfigError(f"{path}: cannot be set")  # pragma: no cover - every kind is handled
+
+
+def _method_limits(path: str, value: object) -> tuple[tuple[str, float], ...]:
+    """``{"Ingest": 12}``, ``"Ingest=12,Write=5"`` or pairs: sorted (method, limit) pairs."""
+    if isinstance(value, str):
+        table: dict[str, object] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            name, sep, text = item.partition("=")
+            if not sep or not name.strip():
+                raise ConfigError(f"{path}: expected METHOD=LIMIT items, got {item!r}")
+            table[name.strip()] = text.strip()
+    elif isinstance(value, Mapping):
+        table = dict(value)
+    elif isinstance(value, list | tuple) and all(
+        isinstance(pair, list | tuple) and len(pair) == 2 for pair in value
+    ):
+        table = {str(name): limit for name, limit in value}
+    else:
+        raise ConfigError(f"{path}: expected a table of method = calls per second")
+    problems: list[str] = []
+    pairs: list[tuple[str, float]] = []
+    for name, raw in table.items():
+        here = f"{path}.{name}"
+        if name not in SOAP_METHODS:
+            problems.append(f"{here}: unknown SOAP method (known: {', '.join(SOAP_METHODS)})")
+            continue
+        try:
+            limit = _coerce(here, raw, {"kind": "float"})
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        if not isinstance(limit, float) or not limit >= 0 or math.isinf(limit):
+            problems.append(f"{here}: must be a finite number, not negative")
+            continue
+        pairs.append((name, limit))
+    if problems:
+        raise ConfigError(problems)
+    return tuple(sorted(pairs))
 
 
 def _users(path: str, value: object) -> tuple[User, ...]:

@@ -10,6 +10,10 @@ Knobs (the same names as the config keys and, with dashes, the CLI flags):
   requests need a ``scope``, Ingest refuses collections; see :mod:`.refusals`);
 * ``tps_limit`` (0: no limit), ``limiter`` (``sliding``, ``fixed``,
   ``token_bucket``), ``burst``;
+* ``method_limits``: an object of SOAP method to calls per second, e.g.
+  ``{"Ingest": 12, "WriteCollection": 5}``, enforced within ``tps_limit`` with the
+  same limiter model; it replaces the whole table (``{}``: none); a limit that
+  changes keeps its method's window history;
 * ``latency_ms``, ``latency_per_record_ms``, ``latency_jitter``;
 * ``max_concurrent``, ``overflow`` (``queue`` or ``reject``);
 * ``fault_status`` (500, or 200 as older builds), ``session_expired_style``
@@ -110,6 +114,8 @@ def runtime_knobs(tenant: Tenant) -> dict[str, Any]:
             value = getattr(config, spec.name)
             if spec.name == "schedule":
                 value = [dataclasses.asdict(w) for w in value]
+            elif spec.name == "method_limits":
+                value = dict(value)
             elif isinstance(value, tuple):
                 value = list(value)
             knobs[spec.name] = value

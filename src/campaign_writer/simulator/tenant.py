@@ -81,6 +81,8 @@ class Tenant:
         self.limiter: Limiter | None = make_limiter(
             config.limiter, config.tps_limit, clock, config.burst
         )
+        self.method_limiters: dict[str, Limiter] = {}
+        self._method_limits(config, rebuild=True)
         self.gate = ConcurrencyGate(config.max_concurrent)
         self.log = CallLog(config.call_log_memory, config.call_log)
         self.users = {user.login: user for user in config.users}
@@ -107,9 +109,47 @@ class Tenant:
             self.limiter = make_limiter(config.limiter, config.tps_limit, self.clock, config.burst)
         elif self.limiter is not None:
             self.limiter.limit = config.tps_limit
+        self._method_limits(
+            config, rebuild=(old.limiter, old.burst) != (config.limiter, config.burst)
+        )
         self.gate.capacity = config.max_concurrent
         self.gate.wake()
         self.plan.configure(_rates(config), config.fault_methods)
+
+    def _method_limits(self, config: SimulatorConfig, *, rebuild: bool) -> None:
+        """One limiter per limited method, of the tenant's model; a changed limit keeps
+        its method's history, as the tenant's does."""
+        kept = {} if rebuild else self.method_limiters
+        limiters: dict[str, Limiter] = {}
+        for method, limit in config.method_limits:
+            limiter = kept.get(method)
+            if limiter is not None and limit > 0:
+                limiter.limit = limit
+                limiters[method] = limiter
+                continue
+            made = make_limiter(config.limiter, limit, self.clock, config.burst)
+            if made is not None:
+                limiters[method] = made
+        self.method_limiters = limiters
+
+    def admit(self, method: str) -> float | None:
+        """Count a call of ``method`` against the tenant's and the method's limits.
+
+        None when both admit it (it then counts in both); otherwise the seconds until
+        both would (the ``Retry-After`` hint), and it counts in neither: Campaign says
+        nothing of which limit refused a call.
+        """
+        tenant = self.limiter
+        own = self.method_limiters.get(method)
+        if own is None:
+            if tenant is None or tenant.admit():
+                return None
+            return tenant.wait_s()
+        limiters = [own] if tenant is None else [tenant, own]
+        wait = max(limiter.wait_s() for limiter in limiters)
+        if wait <= 0.0 and all(limiter.admit() for limiter in limiters):
+            return None
+        return max(wait, *(limiter.wait_s() for limiter in limiters))
 
     # --- recording -------------------------------------------------------------------
 
@@ -151,6 +191,7 @@ class Tenant:
             "records_received": self.records_received,
             "faults_by_kind": dict(self.faults_by_kind),
             "tps_limit": config.tps_limit,
+            "method_limits": dict(config.method_limits),
             "limiter": config.limiter,
             "max_concurrent": config.max_concurrent,
             "in_flight": self.gate.in_flight,
