@@ -330,15 +330,19 @@ class Batcher:
         linger_s: float,
         modes: dict[LaneId, CollectionMode] | None = None,
         merges: CounterFamily | None = None,
+        method_ready: Callable[[str], float] | None = None,
     ) -> None:
         """``merges``, when given, keeps each lane's merge count (by schema and method):
         the daemon passes ``records_coalesced``, so the lane's stats and Prometheus read
-        one count."""
+        one count. ``method_ready``, when given, says when a method's own budget takes its
+        next call (the throttle's ``ready_at``, on the batcher's clock): a lane is not due
+        before then."""
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.linger_s = linger_s
         self.modes = dict(modes or {})
         self._merges = merges
+        self._method_ready = method_ready
         self.lanes: dict[LaneId, Lane] = {}
         self.pending = 0  # records (not entries) held in memory, for the lease budget
 
@@ -379,6 +383,8 @@ class Batcher:
             due = lane.ready_at(self.linger_s, self.max_records, self.max_bytes)
             if due is None:
                 continue
+            if self._method_ready is not None:
+                due = max(due, self._method_ready(lane.id.method))
             if due > now:
                 wake = due if wake is None else min(wake, due)
                 continue

@@ -150,6 +150,7 @@ class Daemon:
             linger_s=config.batch.linger_ms / 1000.0,
             modes=modes,
             merges=self.metrics.records_coalesced,
+            method_ready=self.throttle.ready_at,
         )
         self.dispatcher = Dispatcher(
             self.queue,

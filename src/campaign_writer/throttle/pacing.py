@@ -169,6 +169,11 @@ class MethodLane:
                     continue
             return
 
+    def ready_at(self) -> float:
+        """When a new call of this method would start without waiting behind the calls
+        of it already paced (or behind its pause)."""
+        return max(self._next_slot, self.paused_until)
+
     async def cap(self, share: float) -> None:
         self._window.limit = max(1, math.floor(self.limit * share))
         await self._window.acquire()

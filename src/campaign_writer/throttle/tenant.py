@@ -98,6 +98,14 @@ class TenantThrottle:
 
     # --- admission -------------------------------------------------------------------
 
+    def ready_at(self, method: str) -> float:
+        """When a call of ``method`` would no longer wait behind that method's own earlier
+        calls (0 for a method without a limit of its own). The batcher holds a lane until
+        then, so a method at its limit does not fill the in-flight slots with calls that
+        only wait, while other methods' lanes have work."""
+        lane = self.lanes.get(method)
+        return 0.0 if lane is None else lane.ready_at()
+
     async def acquire(self, method: str | None = None) -> None:
         """Wait for this call's turn. Never raises; cancellation is honoured."""
         self._callers += 1
