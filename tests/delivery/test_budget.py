@@ -202,3 +202,29 @@ async def test_instances_on_auto_learn_one_limit_together(redis_port: int) -> No
     finally:
         for budget in budgets:
             await budget.close()
+
+
+async def test_a_hung_redis_costs_one_timeout_not_one_per_waiting_call() -> None:
+    """A Redis that accepts connections but never answers: the calls queued behind the
+    first round trip fall back when it times out, without a round trip (and a timeout)
+    each."""
+    hung: list[asyncio.StreamWriter] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hung.append(writer)
+        await reader.read()  # until the client gives up
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    budget = SharedBudget(f"redis://127.0.0.1:{port}/0", "tenant", key_prefix="cw-test-hung:")
+    try:
+        slots = await asyncio.gather(*(budget.slot(5) for _ in range(5)))
+        assert slots == [None] * 5
+        assert budget.mode == "fallback"
+        assert budget.round_trips == 1
+    finally:
+        for writer in hung:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+        await budget.close()

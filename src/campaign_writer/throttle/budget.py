@@ -251,6 +251,10 @@ class SharedBudget:
                 async with self._lock:
                     if self._held:
                         continue
+                    if self.mode != "shared" and not self._due_for_retry():
+                        # The round trip we queued behind failed: do not try again at
+                        # once (a hung Redis would cost every waiter its timeout in turn).
+                        return None
                     horizon = max(1, int(self._rate() * self.HORIZON_S))
                     wanted = max(self._waiting, min(demand, int(self._block)))
                     reserved = await self._round_trip(min(self.BLOCK, horizon, wanted))
