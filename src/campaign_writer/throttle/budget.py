@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
 import time
@@ -142,6 +143,7 @@ class SharedBudget:
     GRACE = 0.1  # a reserved time may still be used this share of an interval late
     MAX_AHEAD_S = 2.0  # no reservation starts further ahead; the caller asks again later
     REDIS_TIMEOUT_S = 0.5
+    RTT_AGING = 1.05  # per round trip, the bar a round trip's offset sample must pass
     # Redis lost: retries back off from 0.25 s up to this, so a writer rejoins within
     # about this long of Redis's return (until then it uses only its share).
     RETRY_MAX_S = 2.0
@@ -186,6 +188,7 @@ class SharedBudget:
         self.state_version = 0
         self.accepted_rate = 0.0  # shared estimate, calls/s, as of the last round trip
         self._offset = 0.0  # local clock minus Redis clock, seconds
+        self._best_rtt = math.inf  # the round trip the offset was measured on (aged)
         self._held: deque[float] = deque()  # reserved times, local clock
         self._waiting = 0
         self._block = 1.0  # times to reserve beyond the calls waiting: grows, halves
@@ -355,8 +358,16 @@ class SharedBudget:
             return None
         received_at = self._last_trip_at = self._clock()
         now_us, first_us, reserved, _, seen, accepted_rate, flat = reply
-        # Redis read its clock between our send and its reply: take the midpoint.
-        self._offset = (sent_at + received_at) / 2 - int(now_us) / _US
+        # Redis read its clock between our send and its reply: take the midpoint, from
+        # the shortest round trip lately. A reply our busy event loop read late would
+        # move the midpoint by half the delay and every time of ours with it (sent late,
+        # bunched with another instance's), while the real offset moves only with the
+        # clocks' drift; the bar rises a little each trip, to follow a slower network.
+        rtt = received_at - sent_at
+        self._best_rtt *= self.RTT_AGING
+        if rtt <= self._best_rtt:
+            self._best_rtt = rtt
+            self._offset = (sent_at + received_at) / 2 - int(now_us) / _US
         self.instances_seen = max(1, int(seen))
         self.accepted_rate = float(accepted_rate)
         interval = int(_US / rate) if rate else 0
@@ -376,6 +387,7 @@ class SharedBudget:
 
     def _lost(self, exc: BaseException) -> None:
         self._held.clear()
+        self._best_rtt = math.inf  # the Redis that answers next may run another clock
         self._failures += 1
         self._retry_at = self._clock() + delay(0.25, self.RETRY_MAX_S, self._failures - 1, "half")
         if self.mode != "fallback":

@@ -55,6 +55,10 @@ class TenantThrottle:
     window cap, 429 pauses, and the learned limit when ``tps_limit = "auto"``."""
 
     MEASURE_S = 1.0  # window over which the accepted rate is measured
+    # A shared time used later than this is void: half the slack the headroom leaves in
+    # a 1 s window (1 / 0.98 - 1 = 20 ms), whatever the rate, so a late call never
+    # makes the 21st of a window on Campaign's side, with room for clock offsets.
+    LATE_S = 0.01
 
     def __init__(
         self,
@@ -124,8 +128,14 @@ class TenantThrottle:
                     if shared > now:
                         waited = True
                         await self._sleep(shared - now)
-                    if self._clock() < self._paused_until:
+                    woke = self._clock()
+                    if woke < self._paused_until:
                         continue  # a 429 here while we waited: this time is void
+                    if woke - shared > self.LATE_S:
+                        # Woke too late (a stalled loop): sent now, it could join the next
+                        # second's calls in one window of Campaign's. Take another time.
+                        self.budget.slots_expired += 1
+                        continue
                     break
                 rate *= self.budget.share  # Redis lost: this instance's share, locally
             slot = max(now, self._next_slot)
