@@ -288,3 +288,30 @@ async def test_a_time_woken_up_to_too_late_is_not_used(shared: Factory) -> None:
     time.sleep(0.15)  # noqa: ASYNC251 (the loop stalls past it, on purpose)
     await late
     assert throttle.budget is not None and throttle.budget.slots_expired >= 1
+
+
+async def test_the_fallback_share_is_a_hard_cap_even_when_the_loop_stalls() -> None:
+    """Redis out of reach, two instances last seen: however late a stalled event loop
+    wakes the callers, no 1 s window holds more grants than 0.9 x 20 / 2."""
+    with contextlib.closing(socket.socket()) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there
+    budget = SharedBudget(f"redis://127.0.0.1:{port}/0", "tenant", key_prefix="cw-test-down:")
+    budget.instances_seen = 2
+    throttle = TenantThrottle(20.0, budget=budget)
+    stamps: list[float] = []
+
+    async def stall() -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            time.sleep(0.12)  # noqa: ASYNC251 (the loop stalls, on purpose)
+
+    staller = asyncio.create_task(stall())
+    try:
+        await drive(throttle, stamps, 3.0, 3)
+    finally:
+        staller.cancel()
+        await budget.close()
+    assert throttle.budget_mode == "fallback"
+    assert len(stamps) > 9
+    assert max_in_any_window(stamps) <= 9

@@ -13,7 +13,8 @@ Three layers, each call passing them in this order:
    (:class:`~campaign_writer.throttle.budget.SharedBudget`) the times come from the one
    schedule in Redis instead; without Redis, from local pacing at this instance's share.
 3. **A hard cap.** A sliding window admits at most ``tps_limit`` calls in any
-   1-second window, whatever the pacing decides.
+   1-second window (this instance's share of it while a shared budget's Redis is
+   lost), whatever the pacing decides.
 
 Which budget a 429 is charged to: Campaign's 429 names no method, so it is the
 method's own when that method has a limit and was sending at 3/4 of its current rate
@@ -146,6 +147,11 @@ class TenantThrottle:
                 if self._clock() < self._paused_until:
                     continue  # a 429 arrived while we waited: queue behind the pause
             break
+        if self.budget is not None:
+            # The hard cap is this instance's share while Redis is lost, as the pacing.
+            fallback = self.budget.mode == "fallback"
+            share = self.budget.share if fallback else 1.0
+            self._window.limit = max(1, math.floor(self.controller.limit * share + 1e-9))
         await self._window.acquire()
         if lane is not None:
             await lane.cap(self.share)
