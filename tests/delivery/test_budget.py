@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from campaign_writer.throttle import TenantThrottle
 from campaign_writer.throttle.autolimit import LimitLearner
@@ -315,3 +316,22 @@ async def test_the_fallback_share_is_a_hard_cap_even_when_the_loop_stalls() -> N
     assert throttle.budget_mode == "fallback"
     assert len(stamps) > 9
     assert max_in_any_window(stamps) <= 9
+
+
+async def test_rate_state_no_writer_wrote_does_not_break_admission(
+    shared: Factory, redis_port: int
+) -> None:
+    """A rate state in Redis with a version that is no number (a hand edit, another
+    program) is left alone: calls are still admitted, through the shared schedule."""
+    throttle = shared(20.0)
+    budget = throttle.budget
+    assert budget is not None
+    client = aioredis.Redis(port=redis_port)
+    try:
+        await client.hset(budget._keys["state"], mapping={"version": "x", "limit": "0"})
+        await start(throttle)
+        await throttle.acquire()
+        assert throttle.budget_mode == "shared" and throttle.controller.limit == 20.0
+    finally:
+        await client.delete(budget._keys["state"])
+        await client.aclose()

@@ -376,7 +376,10 @@ class SharedBudget:
             (first + i * max(1, interval)) / _US + self._offset for i in range(int(reserved))
         )
         state = dict(zip(flat[::2], flat[1::2], strict=True))
-        version = int(state.pop("version", 0))
+        try:
+            version = int(state.pop("version", 0))
+        except ValueError:  # not a writer's (a hand edit): keep ours, adopt nothing
+            version = self.state_version
         if version != self.state_version:
             # Lower too: a Redis that came back empty starts the count again.
             self.state_version = version
