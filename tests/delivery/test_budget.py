@@ -335,3 +335,27 @@ async def test_rate_state_no_writer_wrote_does_not_break_admission(
     finally:
         await client.delete(budget._keys["state"])
         await client.aclose()
+
+
+async def test_a_clock_that_moved_is_followed_even_by_a_slow_round_trip(redis_port: int) -> None:
+    """Our clock steps 0.5 s against Redis's: the next round trip, slow as it is (the
+    loop stalls 0.05 s), moves the offset by the step, since no delay explains it."""
+    shift = [0.0]
+    budget = SharedBudget(
+        f"redis://127.0.0.1:{redis_port}/0",
+        "tenant",
+        key_prefix=f"cw-test-budget:{uuid.uuid4().hex}:",
+        clock=lambda: time.monotonic() + shift[0],
+    )
+    try:
+        for _ in range(5):
+            await budget._round_trip(0)
+        offset = budget.to_local(0.0)
+        shift[0] = 0.5
+        trip = asyncio.create_task(budget._round_trip(0))
+        await asyncio.sleep(0)  # the request is out
+        time.sleep(0.05)  # noqa: ASYNC251 (the loop is busy, on purpose, while Redis answers)
+        await trip
+        assert abs(budget.to_local(0.0) - offset - 0.5) < 0.04
+    finally:
+        await budget.close()

@@ -363,11 +363,14 @@ class SharedBudget:
         # move the midpoint by half the delay and every time of ours with it (sent late,
         # bunched with another instance's), while the real offset moves only with the
         # clocks' drift; the bar rises a little each trip, to follow a slower network.
+        # A midpoint is at most half its round trip off: one that disagrees by more
+        # than both round trips allow means a clock moved (stepped, another Redis).
         rtt = received_at - sent_at
+        offset = (sent_at + received_at) / 2 - int(now_us) / _US
         self._best_rtt *= self.RTT_AGING
-        if rtt <= self._best_rtt:
+        if rtt <= self._best_rtt or abs(offset - self._offset) > (rtt + self._best_rtt) / 2:
             self._best_rtt = rtt
-            self._offset = (sent_at + received_at) / 2 - int(now_us) / _US
+            self._offset = offset
         self.instances_seen = max(1, int(seen))
         self.accepted_rate = float(accepted_rate)
         interval = int(_US / rate) if rate else 0
