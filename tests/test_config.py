@@ -13,7 +13,7 @@ from campaign_writer import sources
 from campaign_writer.campaign.soap import DEFAULT_URNS, METHODS
 from campaign_writer.config import Config, from_mapping, load
 from campaign_writer.errors import ConfigError
-from campaign_writer.logs import Secret
+from campaign_writer.logs import Secret, redact
 from campaign_writer.settings import parse_duration, parse_size, split_listen
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -258,6 +258,22 @@ def test_shared_budget_per_method_limits_and_auto_are_read() -> None:
         "tenant-a",
     )
     assert campaign.limits == (("Ingest", 12.5), ("WriteCollection", 5.0))
+
+
+def test_a_redis_url_redis_py_cannot_read_is_refused_and_its_password_kept_secret() -> None:
+    """A Redis URL with a port that is no number is reported at load (not at start, by a
+    ValueError), without echoing it; a good one's password is masked in log lines and
+    left out of the config's repr."""
+    problems = problems_of(minimal(campaign__budget={"redis_url": "redis://:s3cret-pw@h:x/0"}))
+    assert problems == [
+        "campaign.budget.redis_url: not a Redis URL: check its port, database number and "
+        "query options"
+    ]
+    url = "redis://writer:an0ther-s3cret@127.0.0.1:6379/2"
+    config = from_mapping(minimal(campaign__budget={"redis_url": url}))
+    assert config.campaign.budget.redis_url == url
+    assert "an0ther-s3cret" not in repr(config)
+    assert "an0ther-s3cret" not in redact(f"connecting to {url}")
 
 
 def test_budget_and_limit_mistakes_name_their_key() -> None:

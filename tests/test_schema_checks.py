@@ -10,6 +10,7 @@ import asyncio
 import socket
 import sys
 import tomllib
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from campaign_writer.config import from_mapping
 from campaign_writer.daemon import Daemon
 from campaign_writer.errors import ConfigError
 from campaign_writer.simulator import DEFAULT_SCHEMAS, AttributeSpec, SchemaSpec
+from tests.delivery.test_budget import record_reservations
 from tests.support.writer import config_tree
 
 ACME = Path(__file__).parent / "simulator" / "schemas" / "acme-event.xml"
@@ -187,6 +189,25 @@ async def test_good_routes_pass_against_the_instance(instance, tmp_path, capsys)
     stats = await instance.stats()
     assert set(stats["calls_by_method"]) == {"Logon", "GetEntityIfMoreRecent", "Logoff"}
     assert sum(stats["records_by_schema"].values()) == 0  # it never writes
+
+
+@pytest.mark.services
+async def test_remote_reads_pass_the_shared_budget(
+    instance, tmp_path, capsys, redis_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a shared budget set, every call validate --remote makes (Logon, the schema
+    reads, Logoff) takes its time from the writers' one schedule in Redis."""
+    reserved = record_reservations(monkeypatch)
+    budget = f"""
+[campaign.budget]
+redis_url = "redis://127.0.0.1:{redis_port}/0"
+name = "{uuid.uuid4().hex}"
+"""
+    path = write_config(tmp_path, instance.url, GOOD_ROUTES + budget)
+    assert await run("validate", "--config", str(path), "--remote") == 0
+    assert "0 errors, 0 warnings" in capsys.readouterr().out
+    calls = sum((await instance.stats())["calls_by_method"].values())
+    assert calls >= 3 and len(reserved) >= calls
 
 
 async def test_each_kind_of_mistake_is_reported_per_route_and_field(

@@ -43,7 +43,7 @@ from .campaign.soap import (
 )
 from .campaign.xmltext import XmlTextPolicy
 from .errors import ConfigError
-from .logs import Secret
+from .logs import Secret, register_secret
 from .overrides import Origins, apply_environment, apply_overrides
 from .routes import CollectionMode, FieldConfig, RouteConfig, read_routes
 from .settings import Section, describe, split_listen
@@ -121,7 +121,7 @@ class BudgetConfig:
     """``[campaign.budget]``: where the tenant budget lives. An empty ``redis_url`` keeps
     it in this instance; instances with one Redis and one ``name`` share it."""
 
-    redis_url: str = ""
+    redis_url: str = field(default="", repr=False)  # it may carry Redis's password
     name: str = "default"
 
 
@@ -347,11 +347,30 @@ def _read_budget(section: Section) -> BudgetConfig:
         section.problem(
             "redis_url", f"expected a redis://, rediss:// or unix:// URL, got scheme {scheme!r}"
         )
+    elif url:
+        _check_redis_url(section, url)
     name = section.string("name", "default")
     if not _SOURCE_NAME.fullmatch(name):
         section.problem("name", "expected 1-64 letters, digits, '_', '.' or '-'")
     section.finish()
     return BudgetConfig(redis_url=url, name=name)
+
+
+def _check_redis_url(section: Section, url: str) -> None:
+    """Read ``url`` as redis-py will at start (a bad port or database number would stop
+    the daemon there), and register its password so no log line shows it."""
+    from redis.asyncio.connection import parse_url  # only when a budget is shared
+
+    try:
+        options = parse_url(url)
+    except ValueError:
+        section.problem(
+            "redis_url", "not a Redis URL: check its port, database number and query options"
+        )
+        return
+    for password in (options.get("password"), urlsplit(url).password):
+        if password:
+            register_secret(password)
 
 
 def _read_limits(section: Section) -> tuple[tuple[str, float], ...]:

@@ -367,8 +367,10 @@ class Daemon:
             applied.append("log.level")
         if new.log != replace(old.log, level=new.log.level):
             restart.append("log")
+        # Between a number and "auto" the learner (made at start) comes or goes: restart.
+        switched = new.campaign.auto_limit != old.campaign.auto_limit
         if new.campaign.tps_limit != old.campaign.tps_limit:
-            if isinstance(self.throttle, TenantThrottle):
+            if isinstance(self.throttle, TenantThrottle) and not switched:
                 self.throttle.set_limit(new.campaign.tps_limit)
                 applied.append("campaign.tps_limit")
             else:

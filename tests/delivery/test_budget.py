@@ -12,8 +12,10 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from campaign_writer.throttle import TenantThrottle
 from campaign_writer.throttle.autolimit import LimitLearner
@@ -43,6 +45,29 @@ async def shared(redis_port: int) -> AsyncIterator[Factory]:
         await budget.close()
 
 
+def record_reservations(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Every time the shared budgets started from now on reserve, in seconds on Redis's
+    clock, as the script returned them: exact, whatever the load on this machine (a
+    stamp taken after the wait moves with a stalled event loop; these do not)."""
+    times: list[float] = []
+    start = SharedBudget.start
+
+    async def recording_start(self: SharedBudget) -> None:
+        script = self._reserve
+
+        async def reserve(*, keys: list[str], args: list[Any]) -> list[Any]:
+            reply: list[Any] = await script(keys=keys, args=args)
+            first, count, interval = int(reply[1]), int(reply[2]), max(1, int(args[1]))
+            times.extend((first + i * interval) / 1e6 for i in range(count))
+            return reply
+
+        self._reserve = reserve  # type: ignore[assignment]
+        await start(self)
+
+    monkeypatch.setattr(SharedBudget, "start", recording_start)
+    return times
+
+
 async def start(*throttles: TenantThrottle) -> None:
     for throttle in throttles:
         assert throttle.budget is not None
@@ -62,14 +87,20 @@ async def drive(throttle: TenantThrottle, stamps: list[float], seconds: float, t
     await asyncio.gather(*(caller() for _ in range(tasks)))
 
 
-async def test_three_instances_never_exceed_the_limit_in_any_second(shared: Factory) -> None:
+async def test_three_instances_never_exceed_the_limit_in_any_second(
+    shared: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Three throttles with backlogs, one budget of 20/s: no 1 s window holds more than 20
-    grants across them, each got a part, and a block reservation serves several calls."""
+    of the times Redis reserved (on its clock) nor of the grants (on ours) across them,
+    each got a part, and a block reservation serves several calls."""
+    reserved = record_reservations(monkeypatch)
     throttles = [shared(20.0) for _ in range(3)]
     await start(*throttles)
     stamps: list[list[float]] = [[], [], []]
     await asyncio.gather(*(drive(t, s, 3.0, 4) for t, s in zip(throttles, stamps, strict=True)))
     together = sorted(t for s in stamps for t in s)
+    assert len(reserved) >= len(together)
+    assert max_in_any_window(reserved) <= 20
     assert max_in_any_window(together) <= 20
     assert all(len(s) > 5 for s in stamps)
     assert all(t.budget is not None and t.budget.instances_seen == 3 for t in throttles)
@@ -202,3 +233,129 @@ async def test_instances_on_auto_learn_one_limit_together(redis_port: int) -> No
     finally:
         for budget in budgets:
             await budget.close()
+
+
+async def test_a_hung_redis_costs_one_timeout_not_one_per_waiting_call() -> None:
+    """A Redis that accepts connections but never answers: the calls queued behind the
+    first round trip fall back when it times out, without a round trip (and a timeout)
+    each."""
+    hung: list[asyncio.StreamWriter] = []
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hung.append(writer)
+        await reader.read()  # until the client gives up
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    budget = SharedBudget(f"redis://127.0.0.1:{port}/0", "tenant", key_prefix="cw-test-hung:")
+    try:
+        slots = await asyncio.gather(*(budget.slot(5) for _ in range(5)))
+        assert slots == [None] * 5
+        assert budget.mode == "fallback"
+        assert budget.round_trips == 1
+    finally:
+        for writer in hung:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+        await budget.close()
+
+
+async def test_a_reply_read_late_does_not_move_the_clock_offset(shared: Factory) -> None:
+    """Redis's clock is mapped onto ours from the shortest round trip: a reply our event
+    loop reads 0.2 s late (the loop was busy) does not shift every time handed out."""
+    throttle = shared(20.0)
+    budget = throttle.budget
+    assert budget is not None
+    for _ in range(5):
+        await budget._round_trip(0)
+    offset = budget.to_local(0.0)
+    trip = asyncio.create_task(budget._round_trip(0))
+    await asyncio.sleep(0)  # the request is out
+    time.sleep(0.2)  # noqa: ASYNC251 (the loop is busy, on purpose, while Redis answers)
+    assert await trip == 0
+    assert abs(budget.to_local(0.0) - offset) < 0.02
+
+
+async def test_a_time_woken_up_to_too_late_is_not_used(shared: Factory) -> None:
+    """A caller whose event loop stalled past its reserved time by more than LATE_S does
+    not send on it (it would join the next holder's call in one window): it takes
+    another, and the lost time is counted as expired."""
+    throttle = shared(20.0)
+    await start(throttle)
+    await throttle.acquire()  # the schedule is under way: the next time is ~50 ms on
+    late = asyncio.create_task(throttle.acquire())
+    await asyncio.sleep(0.01)  # it holds that time and sleeps until it
+    time.sleep(0.15)  # noqa: ASYNC251 (the loop stalls past it, on purpose)
+    await late
+    assert throttle.budget is not None and throttle.budget.slots_expired >= 1
+
+
+async def test_the_fallback_share_is_a_hard_cap_even_when_the_loop_stalls() -> None:
+    """Redis out of reach, two instances last seen: however late a stalled event loop
+    wakes the callers, no 1 s window holds more grants than 0.9 x 20 / 2."""
+    with contextlib.closing(socket.socket()) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there
+    budget = SharedBudget(f"redis://127.0.0.1:{port}/0", "tenant", key_prefix="cw-test-down:")
+    budget.instances_seen = 2
+    throttle = TenantThrottle(20.0, budget=budget)
+    stamps: list[float] = []
+
+    async def stall() -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            time.sleep(0.12)  # noqa: ASYNC251 (the loop stalls, on purpose)
+
+    staller = asyncio.create_task(stall())
+    try:
+        await drive(throttle, stamps, 3.0, 3)
+    finally:
+        staller.cancel()
+        await budget.close()
+    assert throttle.budget_mode == "fallback"
+    assert len(stamps) > 9
+    assert max_in_any_window(stamps) <= 9
+
+
+async def test_rate_state_no_writer_wrote_does_not_break_admission(
+    shared: Factory, redis_port: int
+) -> None:
+    """A rate state in Redis with a version that is no number (a hand edit, another
+    program) is left alone: calls are still admitted, through the shared schedule."""
+    throttle = shared(20.0)
+    budget = throttle.budget
+    assert budget is not None
+    client = aioredis.Redis(port=redis_port)
+    try:
+        await client.hset(budget._keys["state"], mapping={"version": "x", "limit": "0"})
+        await start(throttle)
+        await throttle.acquire()
+        assert throttle.budget_mode == "shared" and throttle.controller.limit == 20.0
+    finally:
+        await client.delete(budget._keys["state"])
+        await client.aclose()
+
+
+async def test_a_clock_that_moved_is_followed_even_by_a_slow_round_trip(redis_port: int) -> None:
+    """Our clock steps 0.5 s against Redis's: the next round trip, slow as it is (the
+    loop stalls 0.05 s), moves the offset by the step, since no delay explains it."""
+    shift = [0.0]
+    budget = SharedBudget(
+        f"redis://127.0.0.1:{redis_port}/0",
+        "tenant",
+        key_prefix=f"cw-test-budget:{uuid.uuid4().hex}:",
+        clock=lambda: time.monotonic() + shift[0],
+    )
+    try:
+        for _ in range(5):
+            await budget._round_trip(0)
+        offset = budget.to_local(0.0)
+        shift[0] = 0.5
+        trip = asyncio.create_task(budget._round_trip(0))
+        await asyncio.sleep(0)  # the request is out
+        time.sleep(0.05)  # noqa: ASYNC251 (the loop is busy, on purpose, while Redis answers)
+        await trip
+        assert abs(budget.to_local(0.0) - offset - 0.5) < 0.04
+    finally:
+        await budget.close()

@@ -1,6 +1,6 @@
 """Three writers on one simulated tenant share one budget through a real Redis: the
-simulator's call log shows the limit held in every second, and /v1/stats and /metrics
-say the budget is shared."""
+simulator's call log and the times Redis handed out show the limit held in every
+second, and /v1/stats and /metrics say the budget is shared."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from campaign_writer.daemon import Daemon
+from tests.delivery.test_budget import record_reservations
 from tests.delivery.test_throttle import max_in_any_window
 from tests.support.writer import post_events, sample_events, wait_for, writer_config
 
@@ -22,11 +23,13 @@ TENANT_TPS = 20
 
 
 async def test_three_writers_share_one_budget_from_the_call_log(
-    simulator_factory, tmp_path: Path, redis_port: int
+    simulator_factory, tmp_path: Path, redis_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Three writers, each told the full limit of 20/s and given a backlog of one-record
-    calls, share one Redis budget: no 1 s window of the simulator's call log holds more
-    than 20 calls, none is answered 429, and each writer reports the shared budget."""
+    calls, share one Redis budget: no 1 s window of the simulator's call log nor of the
+    times Redis reserved (on its clock; every call had one) holds more than 20, none is
+    answered 429, and each writer reports the shared budget."""
+    reserved = record_reservations(monkeypatch)
     simulator = await simulator_factory(
         tps_limit=TENANT_TPS, latency_ms=5, latency_per_record_ms=0, latency_jitter=0
     )
@@ -91,3 +94,10 @@ async def test_three_writers_share_one_budget_from_the_call_log(
     assert not [c for c in calls if c["status"] == 429]
     # ...and its log, by arrival time, has no second with more than the limit.
     assert max_in_any_window([c["t"] for c in calls]) <= TENANT_TPS
+    # The strict bound at the admission point, exact on Redis's clock whatever the load
+    # here: every call used a time reserved in Redis, and no second of those holds more
+    # than the limit. (Arrivals hold it too only while no writer sends late: a writer
+    # sends on its time or not at all, and maps Redis's clock onto its own from its
+    # quickest round trip, since a reply read late by a busy loop once bunched calls.)
+    assert len(reserved) >= len(calls)
+    assert max_in_any_window(reserved) <= TENANT_TPS

@@ -176,3 +176,22 @@ async def test_repr_shows_limit_rate_pause_and_throttle_episodes() -> None:
     throttle.on_throttled(3.0)
     shown = repr(throttle)
     assert "paused_for=3.000" in shown and "throttled_episodes=1" in shown
+
+
+BAD_STATE = [
+    (field, bad)
+    for field in ("limit", "ceiling", "start_rate", "plateau")
+    for bad in ("0", "-1", "nan", "inf", "x")
+] + [("decreased_at", "x")]
+
+
+@pytest.mark.parametrize(("field", "bad"), BAD_STATE)
+def test_shared_rate_state_that_makes_no_sense_is_ignored(field: str, bad: str) -> None:
+    """Rate state read back from Redis with a value no writer publishes (another version,
+    a hand edit) leaves the controller as it was instead of raising into a call."""
+    controller = RateController(20.0)
+    controller.on_throttled(10.0, 15.0)
+    state = controller.export(lambda t: t)
+    before = (controller.limit, controller.ceiling, controller.rate(11.0))
+    controller.adopt({**state, field: bad}, lambda t: t)
+    assert (controller.limit, controller.ceiling, controller.rate(11.0)) == before

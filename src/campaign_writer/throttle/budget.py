@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import socket
 import time
@@ -142,6 +143,7 @@ class SharedBudget:
     GRACE = 0.1  # a reserved time may still be used this share of an interval late
     MAX_AHEAD_S = 2.0  # no reservation starts further ahead; the caller asks again later
     REDIS_TIMEOUT_S = 0.5
+    RTT_AGING = 1.05  # per round trip, the bar a round trip's offset sample must pass
     # Redis lost: retries back off from 0.25 s up to this, so a writer rejoins within
     # about this long of Redis's return (until then it uses only its share).
     RETRY_MAX_S = 2.0
@@ -186,6 +188,7 @@ class SharedBudget:
         self.state_version = 0
         self.accepted_rate = 0.0  # shared estimate, calls/s, as of the last round trip
         self._offset = 0.0  # local clock minus Redis clock, seconds
+        self._best_rtt = math.inf  # the round trip the offset was measured on (aged)
         self._held: deque[float] = deque()  # reserved times, local clock
         self._waiting = 0
         self._block = 1.0  # times to reserve beyond the calls waiting: grows, halves
@@ -251,6 +254,10 @@ class SharedBudget:
                 async with self._lock:
                     if self._held:
                         continue
+                    if self.mode != "shared" and not self._due_for_retry():
+                        # The round trip we queued behind failed: do not try again at
+                        # once (a hung Redis would cost every waiter its timeout in turn).
+                        return None
                     horizon = max(1, int(self._rate() * self.HORIZON_S))
                     wanted = max(self._waiting, min(demand, int(self._block)))
                     reserved = await self._round_trip(min(self.BLOCK, horizon, wanted))
@@ -351,8 +358,19 @@ class SharedBudget:
             return None
         received_at = self._last_trip_at = self._clock()
         now_us, first_us, reserved, _, seen, accepted_rate, flat = reply
-        # Redis read its clock between our send and its reply: take the midpoint.
-        self._offset = (sent_at + received_at) / 2 - int(now_us) / _US
+        # Redis read its clock between our send and its reply: take the midpoint, from
+        # the shortest round trip lately. A reply our busy event loop read late would
+        # move the midpoint by half the delay and every time of ours with it (sent late,
+        # bunched with another instance's), while the real offset moves only with the
+        # clocks' drift; the bar rises a little each trip, to follow a slower network.
+        # A midpoint is at most half its round trip off: one that disagrees by more
+        # than both round trips allow means a clock moved (stepped, another Redis).
+        rtt = received_at - sent_at
+        offset = (sent_at + received_at) / 2 - int(now_us) / _US
+        self._best_rtt *= self.RTT_AGING
+        if rtt <= self._best_rtt or abs(offset - self._offset) > (rtt + self._best_rtt) / 2:
+            self._best_rtt = rtt
+            self._offset = offset
         self.instances_seen = max(1, int(seen))
         self.accepted_rate = float(accepted_rate)
         interval = int(_US / rate) if rate else 0
@@ -361,7 +379,10 @@ class SharedBudget:
             (first + i * max(1, interval)) / _US + self._offset for i in range(int(reserved))
         )
         state = dict(zip(flat[::2], flat[1::2], strict=True))
-        version = int(state.pop("version", 0))
+        try:
+            version = int(state.pop("version", 0))
+        except ValueError:  # not a writer's (a hand edit): keep ours, adopt nothing
+            version = self.state_version
         if version != self.state_version:
             # Lower too: a Redis that came back empty starts the count again.
             self.state_version = version
@@ -372,6 +393,7 @@ class SharedBudget:
 
     def _lost(self, exc: BaseException) -> None:
         self._held.clear()
+        self._best_rtt = math.inf  # the Redis that answers next may run another clock
         self._failures += 1
         self._retry_at = self._clock() + delay(0.25, self.RETRY_MAX_S, self._failures - 1, "half")
         if self.mode != "fallback":

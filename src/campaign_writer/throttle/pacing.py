@@ -66,8 +66,13 @@ class RateController:
             ceiling, start = float(state["ceiling"]), float(state["start_rate"])
             plateau = float(state["plateau"])
             decreased = state["decreased_at"]
+            if decreased:
+                float(decreased)
         except (KeyError, ValueError):
             return  # not ours to read (another version): keep what we have
+        rates = (limit, ceiling, start, plateau)
+        if not all(math.isfinite(value) and value > 0 for value in rates):
+            return  # nothing a writer publishes (a 0 limit would raise in set_limit)
         self.set_limit(limit)
         self._ceiling, self._start_rate, self._plateau = ceiling, start, plateau
         self._decreased_at = to_local(float(decreased)) if decreased else None

@@ -13,7 +13,8 @@ Three layers, each call passing them in this order:
    (:class:`~campaign_writer.throttle.budget.SharedBudget`) the times come from the one
    schedule in Redis instead; without Redis, from local pacing at this instance's share.
 3. **A hard cap.** A sliding window admits at most ``tps_limit`` calls in any
-   1-second window, whatever the pacing decides.
+   1-second window (this instance's share of it while a shared budget's Redis is
+   lost), whatever the pacing decides.
 
 Which budget a 429 is charged to: Campaign's 429 names no method, so it is the
 method's own when that method has a limit and was sending at 3/4 of its current rate
@@ -55,6 +56,10 @@ class TenantThrottle:
     window cap, 429 pauses, and the learned limit when ``tps_limit = "auto"``."""
 
     MEASURE_S = 1.0  # window over which the accepted rate is measured
+    # A shared time used later than this is void: half the slack the headroom leaves in
+    # a 1 s window (1 / 0.98 - 1 = 20 ms), whatever the rate, so a late call never
+    # makes the 21st of a window on Campaign's side, with room for clock offsets.
+    LATE_S = 0.01
 
     def __init__(
         self,
@@ -132,8 +137,14 @@ class TenantThrottle:
                     if shared > now:
                         waited = True
                         await self._sleep(shared - now)
-                    if self._clock() < self._paused_until:
+                    woke = self._clock()
+                    if woke < self._paused_until:
                         continue  # a 429 here while we waited: this time is void
+                    if woke - shared > self.LATE_S:
+                        # Woke too late (a stalled loop): sent now, it could join the next
+                        # second's calls in one window of Campaign's. Take another time.
+                        self.budget.slots_expired += 1
+                        continue
                     break
                 rate *= self.budget.share  # Redis lost: this instance's share, locally
             slot = max(now, self._next_slot)
@@ -144,6 +155,11 @@ class TenantThrottle:
                 if self._clock() < self._paused_until:
                     continue  # a 429 arrived while we waited: queue behind the pause
             break
+        if self.budget is not None:
+            # The hard cap is this instance's share while Redis is lost, as the pacing.
+            fallback = self.budget.mode == "fallback"
+            share = self.budget.share if fallback else 1.0
+            self._window.limit = max(1, math.floor(self.controller.limit * share + 1e-9))
         await self._window.acquire()
         if lane is not None:
             await lane.cap(self.share)
