@@ -65,7 +65,8 @@ def lane_schema(lane: int) -> str:
 def writer_config(example: str, lanes: int) -> str:
     """The example config with its routes replaced by ``lanes`` routes, one per lane:
     events with ``"type": "l<i>"`` go to ``cost:lane<i>Stg`` by Ingest, keyed on ``id``."""
-    head = example.split("[[routes]]", 1)[0]
+    # The first [[routes]] table header (at a line's start: comments mention it too).
+    head = example.split("\n[[routes]]", 1)[0] + "\n"
     blocks = []
     for lane in range(lanes):
         blocks.append(

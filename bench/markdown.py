@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["render"]
+__all__ = ["format_figure", "render"]
 
 ORDER = ("writer", "cubic", "sdk", "unitary", "shared", "storm", "split", "auto", "known")
 LABELS = {
@@ -76,6 +76,33 @@ LABELS = {
 }
 
 
+# The first rule whose ending matches the figure's name decides how it is shown.
+FORMATS = (
+    (("ratio", "utilisation", "share"), lambda v: f"{v * 100:.1f}%"),
+    (("per_s", "per_cpu_s"), lambda v: f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"),
+    (("_ms",), lambda v: f"{v:,.0f} ms" if abs(v) >= 10 else f"{v:.1f} ms"),
+    (("_mb",), lambda v: f"{v:,.0f} MB"),
+    (("_us_per_event",), lambda v: f"{v:.1f} µs"),
+    (("_s",), lambda v: f"{v:.2f} s"),
+)
+
+
+def format_figure(name: str, value: Any) -> str:
+    """A figure for people: percentages, units from the name's ending, thousands."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if not isinstance(value, int | float):
+        return str(value)
+    for endings, show in FORMATS:
+        if any(name.endswith(ending) or f"{ending}_" in name for ending in endings):
+            return show(value)
+    if float(value).is_integer():
+        return f"{value:,.0f}"
+    return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
 def _subjects(case: dict[str, Any]) -> list[str]:
     names = list(case["subjects"])
     return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
@@ -84,8 +111,6 @@ def _subjects(case: dict[str, Any]) -> list[str]:
 def _cell(name: str, summary: dict[str, Any] | None, repeats: int = 0) -> str:
     """Median (min–max); "k of n" when only k of the n repeats have the figure (e.g. a
     time to reach a share of the limit that some repeats never reached)."""
-    from .report import format_figure
-
     if not summary or summary.get("median") is None:
         return "–"
     text = format_figure(name, summary["median"])
@@ -150,8 +175,6 @@ def _load(values: list[float] | None) -> str:
 
 
 def render(report: dict[str, Any]) -> str:
-    from .report import format_figure
-
     machine = report["machine"]
     settings = report["settings"]
     lines = [

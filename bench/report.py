@@ -14,18 +14,39 @@ import datetime
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
+from .markdown import format_figure, render
 from .measure import summarise
 from .procs import REPO, machine_info
 from .scenarios import LATENCY_MS, LINGER_MS, MAX_RECORDS, TPS, build_cases
 
-if TYPE_CHECKING:
-    from .runner import Bench
-
 __all__ = ["build_report", "format_figure", "list_scenarios", "targets", "write_report"]
+
+
+class _Plan(Protocol):
+    mode: str
+    repeats: int
+    scale: float
+    scenarios: list[str]
+    subjects: tuple[str, ...]
+
+
+class _Fill(Protocol):
+    figures: Any
+
+
+class Bench(Protocol):
+    """What the report reads of a run (:class:`bench.runner.Bench`); the runner imports
+    this module, so the report names what it needs rather than the runner's class."""
+
+    options: _Plan
+    backlog: _Fill
+    cases: dict[str, dict[str, Any]]
+    out: Path
+
 
 E2E_TARGET_MS = LINGER_MS + 2 * LATENCY_MS + 100
 PEERS = ("unitary", "sdk", "cubic")
@@ -181,33 +202,6 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-# The first rule whose ending matches the figure's name decides how it is shown.
-FORMATS = (
-    (("ratio", "utilisation", "share"), lambda v: f"{v * 100:.1f}%"),
-    (("per_s", "per_cpu_s"), lambda v: f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"),
-    (("_ms",), lambda v: f"{v:,.0f} ms" if abs(v) >= 10 else f"{v:.1f} ms"),
-    (("_mb",), lambda v: f"{v:,.0f} MB"),
-    (("_us_per_event",), lambda v: f"{v:.1f} µs"),
-    (("_s",), lambda v: f"{v:.2f} s"),
-)
-
-
-def format_figure(name: str, value: Any) -> str:
-    """A figure for people: percentages, units from the name's ending, thousands."""
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if not isinstance(value, int | float):
-        return str(value)
-    for endings, show in FORMATS:
-        if any(name.endswith(ending) or f"{ending}_" in name for ending in endings):
-            return show(value)
-    if float(value).is_integer():
-        return f"{value:,.0f}"
-    return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
-
-
 def _case_report(result: dict[str, Any]) -> dict[str, Any]:
     case = result["case"]
     subjects: dict[str, Any] = {}
@@ -297,12 +291,6 @@ def build_report(bench: Bench, started: float) -> dict[str, Any]:
     return report
 
 
-def _markdown(report: dict[str, Any]) -> str:
-    from .markdown import render
-
-    return render(report)
-
-
 def write_report(bench: Bench, started: float, *, plots: bool = True) -> Path:
     if plots:
         from .plots import plot_case
@@ -312,7 +300,7 @@ def write_report(bench: Bench, started: float, *, plots: bool = True) -> Path:
     report = build_report(bench, started)
     (bench.out / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     path = bench.out / "report.md"
-    path.write_text(_markdown(report))
+    path.write_text(render(report))
     return path
 
 

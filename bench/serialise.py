@@ -5,7 +5,8 @@ Compares three ways of building the document and checks that each one is correct
 
 * ``lxml-tree``: lxml's element tree (``SubElement`` per record, then ``tostring``);
 * ``lxml-incremental``: lxml's incremental writer (``etree.xmlfile``);
-* ``string``: string building with our escaping (``documents.build_collection``),
+* ``string``: string building with our escaping (``documents.render_fragment``
+  joined by ``documents.fragments_document``),
   the one the writer uses.
 
 Run: ``.venv/bin/python -m bench.serialise [--records 1000] [--repeat 30]``.
@@ -24,7 +25,12 @@ from collections.abc import Callable
 
 from lxml import etree
 
-from campaign_writer.campaign.documents import StagingRecord, build_collection, element_name
+from campaign_writer.campaign.documents import (
+    StagingRecord,
+    element_name,
+    fragments_document,
+    render_fragment,
+)
 
 SCHEMA = "dem:sampleTableStg"
 ATTRS = ("id", "testcol1", "testcol2", "email", "firstName", "lastName", "points", "birthDate")
@@ -78,7 +84,8 @@ def build_lxml_incremental(records: list[StagingRecord]) -> bytes:
 
 
 def build_string(records: list[StagingRecord]) -> bytes:
-    return build_collection(SCHEMA, records).encode("utf-8")
+    fragments = [render_fragment(r.attrs, r.operation, r.key) for r in records]
+    return fragments_document(SCHEMA, fragments, collection=True).encode("utf-8")
 
 
 BUILDERS: dict[str, Callable[[list[StagingRecord]], bytes]] = {

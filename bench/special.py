@@ -25,7 +25,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -35,10 +35,23 @@ from .scenarios import BASE_KNOBS, LINGER_MS, MAX_RECORDS, TPS
 from .subjects import WriterSubject, make_subject
 
 if TYPE_CHECKING:
-    from .runner import Bench
     from .scenarios import Case
 
 __all__ = ["BROKERS", "Backlog", "fill", "run_brokers", "run_intake_http", "run_memory"]
+
+
+class _Repeats(Protocol):
+    repeats: int
+
+
+class Bench(Protocol):
+    """What these cases read of a run (:class:`bench.runner.Bench`), which imports this
+    module: how many repeats, a scratch directory and the output directory."""
+
+    options: _Repeats
+    work: Path
+    out: Path
+
 
 BROKERS = ("rabbitmq", "redis", "nats", "kafka")
 

@@ -13,7 +13,6 @@ from typing import Any
 import orjson
 import pytest
 
-from campaign_writer.campaign.documents import decode_record
 from campaign_writer.cli import build_parser, main
 from campaign_writer.commands import send
 from campaign_writer.config import load
@@ -23,6 +22,7 @@ from campaign_writer.queue import DurableQueue
 from campaign_writer.router import Router
 from campaign_writer.sources import http as http_module
 from campaign_writer.sources.http import HttpIntake
+from tests.support.documents import decode_record
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "example.toml"
 
@@ -130,6 +130,41 @@ def test_validate_shows_where_each_value_came_from(
     assert "batch.max_records = 500  (default)" in lines
     assert "campaign.auth.password = (secret)  (file)" in lines
     assert "admin" not in "".join(line for line in lines if "password" in line)
+
+
+BROKER_SECRETS = """
+[[sources]]
+kind = "rabbitmq"
+name = "events-rmq"
+url = "amqp://writer:rmq-pass-4417@127.0.0.1:5672/"
+queue = "campaign-events"
+
+[[sources]]
+kind = "kafka"
+name = "events-kafka"
+bootstrap_servers = ["127.0.0.1:9092"]
+topics = ["campaign-events"]
+group = "campaign-writer"
+security_protocol = "SASL_PLAINTEXT"
+sasl_mechanism = "PLAIN"
+sasl_username = "writer"
+sasl_password = "kafka-pass-9921"
+"""
+
+
+def test_validate_never_shows_a_secret_read_under_another_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A broker URL with its password and a Kafka SASL password are secrets too: `validate`
+    lists their keys as (secret), never their values."""
+    path = write_config(tmp_path, "brokers.toml", FIXED_ROUTES + BROKER_SECRETS)
+    assert main(["validate", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "rmq-pass-4417" not in out and "kafka-pass-9921" not in out
+    lines = [line.strip() for line in out.splitlines()]
+    assert "sources[0].url = (secret)  (file)" in lines
+    assert "sources[1].sasl_password = (secret)  (file)" in lines
+    assert "sources[1].sasl_username = 'writer'  (file)" in lines
 
 
 def test_validate_warns_about_an_ingest_route_without_a_key(

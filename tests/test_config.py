@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from campaign_writer import sources
-from campaign_writer.campaign.soap import DEFAULT_URNS
+from campaign_writer.campaign.soap import DEFAULT_URNS, METHODS
 from campaign_writer.config import Config, from_mapping, load
 from campaign_writer.errors import ConfigError
-from campaign_writer.logs import Secret
+from campaign_writer.logs import Secret, redact
 from campaign_writer.settings import parse_duration, parse_size, split_listen
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,8 +36,8 @@ fields.id = {}
 # Every key operators may set; example.toml must document each one.
 DOCUMENTED_KEYS = [
     "campaign.url", "campaign.tps_limit", "campaign.max_response_bytes",
-    "campaign.retry_after_cap_s", "campaign.check_schemas", "campaign.auth.mode",
-    "campaign.auth.login",
+    "campaign.retry_after_cap_s", "campaign.check_schemas", "campaign.budget.redis_url",
+    "campaign.budget.name", "campaign.limits", "campaign.auth.mode", "campaign.auth.login",
     "campaign.auth.password", "campaign.auth.password_env", "campaign.auth.password_file",
     "campaign.auth.ims_url", "campaign.auth.client_id", "campaign.auth.client_secret",
     "campaign.auth.scope", "campaign.auth.refresh_margin_s", "campaign.tls.verify",
@@ -231,6 +231,73 @@ def test_missing_required_keys_and_auth_needs_are_reported() -> None:
     ims = problems_of(minimal(campaign__auth={"mode": "ims"}))
     assert "campaign.auth.client_id: is required for mode 'ims'" in ims
     assert any(p.startswith("campaign.auth.client_secret: is required") for p in ims)
+
+
+def test_budget_keys_default_to_a_local_budget() -> None:
+    """Without [campaign.budget] or [campaign.limits], the budget is this instance's own
+    and no method has a limit of its own."""
+    campaign = from_mapping(minimal()).campaign
+    assert (campaign.budget.redis_url, campaign.budget.name) == ("", "default")
+    assert campaign.limits == ()
+    assert not campaign.auto_limit
+
+
+def test_shared_budget_per_method_limits_and_auto_are_read() -> None:
+    """A Redis URL and name, method limits and tps_limit = "auto" are read as written."""
+    config = from_mapping(
+        minimal(
+            campaign__tps_limit="auto",
+            campaign__budget={"redis_url": "redis://127.0.0.1:6379/3", "name": "tenant-a"},
+            campaign__limits={"WriteCollection": 5, "Ingest": 12.5},
+        )
+    )
+    campaign = config.campaign
+    assert campaign.auto_limit and campaign.tps_limit == 5.0
+    assert (campaign.budget.redis_url, campaign.budget.name) == (
+        "redis://127.0.0.1:6379/3",
+        "tenant-a",
+    )
+    assert campaign.limits == (("Ingest", 12.5), ("WriteCollection", 5.0))
+
+
+def test_a_redis_url_redis_py_cannot_read_is_refused_and_its_password_kept_secret() -> None:
+    """A Redis URL with a port that is no number is reported at load (not at start, by a
+    ValueError), without echoing it; a good one's password is masked in log lines and
+    left out of the config's repr."""
+    problems = problems_of(minimal(campaign__budget={"redis_url": "redis://:s3cret-pw@h:x/0"}))
+    assert problems == [
+        "campaign.budget.redis_url: not a Redis URL: check its port, database number and "
+        "query options"
+    ]
+    url = "redis://writer:an0ther-s3cret@127.0.0.1:6379/2"
+    config = from_mapping(minimal(campaign__budget={"redis_url": url}))
+    assert config.campaign.budget.redis_url == url
+    assert "an0ther-s3cret" not in repr(config)
+    assert "an0ther-s3cret" not in redact(f"connecting to {url}")
+
+
+def test_budget_and_limit_mistakes_name_their_key() -> None:
+    """A bad tps_limit word, a non-Redis URL, a bad name, an unknown method, a limit that is
+    not a positive number and an unknown budget key are each reported with their path; the
+    URL itself is not echoed (it may carry a password)."""
+    problems = problems_of(
+        minimal(
+            campaign__tps_limit="fast",
+            campaign__budget={"redis_url": "http://u:pw@x", "name": "a b", "ttl": 3},
+            campaign__limits={"Ingets": 5, "Write": 0, "Ingest": "many"},
+        )
+    )
+    assert problems == [
+        'campaign.tps_limit: expected a number of calls per second or "auto"',
+        "campaign.budget.redis_url: expected a redis://, rediss:// or unix:// URL, got scheme "
+        "'http'",
+        "campaign.budget.name: expected 1-64 letters, digits, '_', '.' or '-'",
+        "campaign.budget.ttl: unknown key",
+        "campaign.limits.Ingest: expected a number, got string 'many'",
+        "campaign.limits.Ingets: unknown method; known: " + ", ".join(sorted(METHODS)),
+        "campaign.limits.Write: must be greater than 0, got 0",
+    ]
+    assert not [p for p in problems if "pw" in p]
 
 
 def test_fault_judgement_keys_have_defaults_and_bounds() -> None:

@@ -183,6 +183,18 @@ async def test_400_when_every_event_is_rejected(start_intake: IntakeFactory) -> 
     assert intake.stored_keys() == []
 
 
+async def test_stats_metrics_and_repr_read_one_count(start_intake: IntakeFactory) -> None:
+    """The intake counts each event once: /v1/stats, the metrics and its repr agree,
+    rejections in a 400 answer included."""
+    intake = await start_intake()
+    await intake.post([sample("a"), sample("b"), {"type": "sample"}])
+    await intake.post([{"type": "sample"}, "text"])
+    stats = intake.intake.stats()
+    assert (stats["requests"], stats["accepted"], stats["rejected"]) == (2, 2, 3)
+    assert (intake.counted("accepted"), intake.counted("rejected")) == (2, 3)
+    assert "requests=2 accepted=2 rejected=3" in repr(intake.intake)
+
+
 async def test_401_without_the_token_compared_in_constant_time(
     start_intake: IntakeFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

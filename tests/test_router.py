@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from campaign_writer.campaign.documents import build_entity, decode_record
 from campaign_writer.config import Config, from_mapping, load
 from campaign_writer.errors import ConfigError, RecordError
 from campaign_writer.router import Router
+from tests.support.documents import build_entity, decode_record
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "example.toml"
 
@@ -234,6 +234,21 @@ fields.items = { type = "short", enum = "1" }
         "routes[0].fields.channel.default: 'app' is not one of enum",
         "routes[0].fields.channel.enum[1]: is 10 characters long; string(4) holds at most 4",
         "routes[0].fields.items.enum: expected a non-empty array of values, got string '1'",
+    ]
+
+
+def test_an_empty_enum_is_named_as_such() -> None:
+    """enum = [] would refuse every value: a config problem that says the array is empty."""
+    with pytest.raises(ConfigError) as caught:
+        config_with("""
+[[routes]]
+name = "shop"
+schema = "acme:eventStg"
+method = "Ingest"
+fields.channel = { enum = [] }
+""")
+    assert caught.value.problems == [
+        "routes[0].fields.channel.enum: expected a non-empty array of values, got an empty array"
     ]
 
 
@@ -476,3 +491,10 @@ fields.a = { path = "it's.{x}\\\"" }
     )
     routed = router.route({"it's": {'{x}"': "v"}})
     assert routed.record == b' a="v"'
+
+
+def test_repr_names_the_routes() -> None:
+    """A router's repr lists its routes by name, in order."""
+    router = Router.from_config(load(EXAMPLE))
+    assert repr(router) == f"Router(routes={[route.name for route in router.routes]!r})"
+    assert "sample" in repr(router)

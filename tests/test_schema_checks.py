@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import tomllib
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from campaign_writer.config import from_mapping
 from campaign_writer.daemon import Daemon
 from campaign_writer.errors import ConfigError
 from campaign_writer.simulator import DEFAULT_SCHEMAS, AttributeSpec, SchemaSpec
+from tests.delivery.test_budget import record_reservations
 from tests.support.writer import config_tree
 
 ACME = Path(__file__).parent / "simulator" / "schemas" / "acme-event.xml"
@@ -188,6 +191,25 @@ async def test_good_routes_pass_against_the_instance(instance, tmp_path, capsys)
     assert sum(stats["records_by_schema"].values()) == 0  # it never writes
 
 
+@pytest.mark.services
+async def test_remote_reads_pass_the_shared_budget(
+    instance, tmp_path, capsys, redis_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a shared budget set, every call validate --remote makes (Logon, the schema
+    reads, Logoff) takes its time from the writers' one schedule in Redis."""
+    reserved = record_reservations(monkeypatch)
+    budget = f"""
+[campaign.budget]
+redis_url = "redis://127.0.0.1:{redis_port}/0"
+name = "{uuid.uuid4().hex}"
+"""
+    path = write_config(tmp_path, instance.url, GOOD_ROUTES + budget)
+    assert await run("validate", "--config", str(path), "--remote") == 0
+    assert "0 errors, 0 warnings" in capsys.readouterr().out
+    calls = sum((await instance.stats())["calls_by_method"].values())
+    assert calls >= 3 and len(reserved) >= calls
+
+
 async def test_each_kind_of_mistake_is_reported_per_route_and_field(
     instance, tmp_path, capsys
 ) -> None:
@@ -328,6 +350,59 @@ async def test_scaffold_refuses_what_it_cannot_read(instance, tmp_path, capsys) 
     assert "no staging twin" in capsys.readouterr().err
 
 
+async def test_scaffold_takes_its_schema_from_an_exported_package(tmp_path, capsys) -> None:
+    """--file may be a data package: the schema named (or its twin's source) is the one
+    scaffolded; a schema the package lacks is refused, listing what it holds."""
+    package = tmp_path / "package.xml"
+    package.write_text(
+        '<package><entities schema="xtk:srcSchema">'
+        + ACME.read_text(encoding="utf-8").split("?>", 1)[1]
+        + '<srcSchema namespace="a" name="b"><element name="b"><attribute name="x"/>'
+        "</element></srcSchema></entities></package>",
+        encoding="utf-8",
+    )
+    assert await run("scaffold", "acme:eventStg", "--file", str(package)) == 0
+    (route,) = tomllib.loads(capsys.readouterr().out)["routes"]
+    assert (route["schema"], route["method"], route["key"]) == (
+        "acme:eventStg",
+        "IngestExt",
+        ["eventId"],
+    )
+    assert await run("scaffold", "a:z", "--file", str(package)) == 1
+    assert "holds acme:event, a:b, not a:z" in capsys.readouterr().err
+
+
+async def test_scaffold_reads_a_file_with_the_hardened_parser(tmp_path, capsys) -> None:
+    """A schema file declaring entities (a billion-laughs shape) is refused, not expanded."""
+    laughs = tmp_path / "laughs.xml"
+    laughs.write_text(
+        '<!DOCTYPE s [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+        '<srcSchema namespace="a" name="b" label="&b;"><element name="b">'
+        '<attribute name="x"/></element></srcSchema>'
+    )
+    assert await run("scaffold", "a:b", "--file", str(laughs)) == 1
+    captured = capsys.readouterr()
+    assert "DTD or entities" in captured.err and "aaaaaaaaaa" not in captured.out
+
+
+async def test_scaffold_output_stays_toml_whatever_the_schema_says(tmp_path, capsys) -> None:
+    """A label with a line break, an attribute name TOML cannot take bare, quotes in an
+    enumeration value: the printed route is still valid TOML, with no key smuggled in."""
+    odd = tmp_path / "odd.xml"
+    odd.write_text(
+        '<srcSchema namespace="a" name="b" label="Shop&#10;name = &quot;x&quot;">'
+        '<enumeration name="c"><value name="q" value="v&quot;1"/></enumeration>'
+        '<element name="b"><attribute name="x y" enum="c"/>'
+        '<attribute name="n" type="long" enum="d"/></element>'
+        '<enumeration name="d"><value name="sq" value="\u00b2"/></enumeration></srcSchema>'
+    )
+    assert await run("scaffold", "a:b", "--file", str(odd)) == 0
+    (route,) = tomllib.loads(capsys.readouterr().out)["routes"]
+    assert route["name"] == "b"
+    assert route["fields"]["x y"]["enum"] == ['v"1']
+    assert route["fields"]["n"]["enum"] == ["\u00b2"]
+
+
 # --- the start-up check ---------------------------------------------------------------------
 
 
@@ -346,6 +421,32 @@ async def test_start_up_check_refuses_routes_that_do_not_fit(instance, tmp_path)
     assert "routes 'misspelled' field 'firstNmae': attribute 'firstNmae'" in problems[0]
     assert len(problems) == 8 and problems[-1].startswith("campaign.check_schemas")
     assert daemon.http is None  # intake never opened
+
+
+async def test_run_prints_each_start_up_problem_on_its_own_line(instance, tmp_path) -> None:
+    """`run` with campaign.check_schemas and misfitting routes exits 1, one problem a line."""
+    path = write_config(tmp_path, instance.url, MISTAKES)
+    path.write_text(
+        path.read_text().replace("[campaign]\n", "[campaign]\ncheck_schemas = true\n", 1)
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "campaign_writer",
+        "run",
+        "--config",
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    lines = stderr.decode().splitlines()
+    assert process.returncode == 1, lines
+    start = lines.index("campaign-writer: cannot start:")
+    problems = [line for line in lines[start + 1 :] if line.startswith("  ")]
+    assert len(problems) == 8, lines
+    assert problems[0].startswith("  routes 'misspelled' field 'firstNmae'")
+    assert problems[-1].startswith("  campaign.check_schemas")
 
 
 async def test_start_up_check_logs_warnings_and_keeps_what_it_read(

@@ -18,9 +18,12 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
+from campaign_writer.daemon import Daemon
+from campaign_writer.throttle import TenantThrottle
 from tests.support.simulator import SimulatorHandle
-from tests.support.writer import EXAMPLE, post_events, sample_events, wait_for
+from tests.support.writer import EXAMPLE, post_events, sample_events, wait_for, writer_config
 
 SAMPLE = "dem:sampleTableStg"
 LOCAL = Path(__file__).resolve().parents[1] / "config" / "local.toml"
@@ -300,3 +303,18 @@ async def test_the_simulator_child_never_outlives_a_killed_writer(tmp_path: Path
     finally:
         if not gone():
             os.kill(child, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(("before", "after"), [(20, "auto"), ("auto", 20)])
+def test_reload_between_a_number_and_auto_needs_a_restart(
+    tmp_path: Path, before: Any, after: Any
+) -> None:
+    """tps_limit changed between a number and "auto" is not applied live (the learner is
+    made at start; "auto" would pin the limit at its starting 5/s): it needs a restart,
+    and the throttle keeps its limit."""
+    url = "http://127.0.0.1:9"
+    daemon = Daemon(writer_config(url, tmp_path, campaign__tps_limit=before))
+    throttle = daemon.throttle = TenantThrottle(12.0)
+    applied, restart = daemon.reload(writer_config(url, tmp_path, campaign__tps_limit=after))
+    assert "campaign.tps_limit" not in applied and "campaign.tps_limit" in restart
+    assert throttle.controller.limit == 12.0

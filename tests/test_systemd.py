@@ -7,6 +7,7 @@ systemd would, from a real ``campaign-writer run`` process.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import secrets
 import shutil
@@ -20,7 +21,7 @@ import pytest
 from campaign_writer.systemd import Notifier
 from tests.support.services import missing
 from tests.support.simulator import SimulatorHandle
-from tests.support.writer import WriterProcess, post_events, sample_events
+from tests.support.writer import WriterProcess, post_events, sample_events, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 UNIT = ROOT / "deploy" / "systemd" / "campaign-writer.service"
@@ -107,6 +108,56 @@ async def test_abstract_sockets_and_foreign_watchdogs() -> None:
     finally:
         await notifier.close()
         receiver.close()
+
+
+# prctl(2): the kernel's refusal of writable-and-executable memory (Linux 6.3+), what
+# the unit's MemoryDenyWriteExecute=yes enforces. Inherited across fork and exec.
+PR_SET_MDWE, PR_GET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 66, 1
+
+# Loaded first by the writer's interpreter (PYTHONPATH): turns the refusal on before any
+# extension module (uvloop, lxml, orjson, hiredis) loads, and records that it holds.
+MDWE_SITECUSTOMIZE = f"""
+import ctypes, mmap, os
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl({PR_SET_MDWE}, {PR_MDWE_REFUSE_EXEC_GAIN}, 0, 0, 0) != 0:
+    raise SystemExit("PR_SET_MDWE failed: errno %d" % ctypes.get_errno())
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    result = "allowed"
+except OSError:
+    result = "refused"
+with open(os.environ["MDWE_PROBE"], "w") as probe:
+    probe.write(result)
+"""
+
+
+async def test_a_writer_delivers_without_writable_executable_memory(
+    simulator: SimulatorHandle, tmp_path: Path
+) -> None:
+    """Under the kernel's MemoryDenyWriteExecute (PR_SET_MDWE) a writer starts, takes
+    events and delivers them: the unit's hardening leaves uvloop, lxml and the rest whole.
+    Skipped, saying so, on a kernel without PR_SET_MDWE (before 6.3)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_GET_MDWE, 0, 0, 0, 0) < 0:
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3+): nothing to check it with")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(MDWE_SITECUSTOMIZE, encoding="utf-8")
+    probe = tmp_path / "mdwe-probe"
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    writer = WriterProcess(simulator.url, tmp_path)
+    intake = await writer.start(env={"PYTHONPATH": path, "MDWE_PROBE": str(probe)})
+    try:
+        assert probe.read_text(encoding="utf-8") == "refused"
+        assert await post_events(intake, sample_events(20, prefix="mdwe")) == 20
+
+        async def delivered() -> bool:
+            return len(await simulator.records("dem:sampleTableStg")) == 20
+
+        await wait_for(delivered, timeout=30)
+    finally:
+        code = await writer.terminate()
+    assert code == 0
 
 
 def test_the_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ class CubicThrottle(TenantThrottle):
         # botocore turns its limiter on at the first throttling answer and never off.
         return bool(getattr(self._limiter, "_enabled", True))
 
-    async def acquire(self) -> None:
+    async def acquire(self, method: str | None = None) -> None:
         while self.limiting:
             try:
                 self._bucket.acquire(block=False)  # botocore's blocking wait would stall the loop
@@ -75,10 +75,10 @@ class CubicThrottle(TenantThrottle):
                 shortfall = 1.0 - self._bucket.available_capacity
                 await asyncio.sleep(max(0.001, shortfall / self._bucket.max_rate))
 
-    def on_accepted(self) -> None:
+    def on_accepted(self, method: str | None = None) -> None:
         self._limiter.on_receiving_response(throttled=False)
 
-    def on_throttled(self, retry_after: float | None) -> float:
+    def on_throttled(self, retry_after: float | None, method: str | None = None) -> float:
         self._limiter.on_receiving_response(throttled=True)
         self.rate()
         return 0.0

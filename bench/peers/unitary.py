@@ -31,7 +31,7 @@ import orjson
 from asyncio_throttle import Throttler
 
 from campaign_writer.campaign import soap
-from campaign_writer.campaign.documents import StagingRecord, build_entity
+from campaign_writer.campaign.documents import fragments_document, render_fragment
 from campaign_writer.campaign.outcome import AuthExpired, Ok, Retry, Throttled, classify
 
 __all__ = ["main"]
@@ -101,7 +101,9 @@ class UnitaryPeer:
             line, attempts = await self.queue.get()
             event = orjson.loads(line)
             attrs = {name: str(event[name]) for name in FIELDS if name in event}
-            document = build_entity(SCHEMA, StagingRecord(attrs, None, "@id"))
+            document = fragments_document(
+                SCHEMA, [render_fragment(attrs, None, "@id")], collection=False
+            )
             outcome = await self.post("Ingest", [soap.Param("doc", "document", document)])
             if outcome is None:  # stopping: the event stays pending
                 return

@@ -26,6 +26,7 @@ from typing import Literal
 
 from .campaign.documents import StagingRecord, parse_fragment, render_fragment
 from .evidence import LaneHealth, Strike
+from .metrics import CounterFamily, Tally
 from .records import LaneId
 
 __all__ = ["Batch", "Batcher", "Entry", "Lane", "LaneId", "merge_operations"]
@@ -145,7 +146,7 @@ class Lane:
     not_before: float = 0.0  # lane-level backoff after a transient failure
     failures: int = 0
     blocked: bool = False  # every pending key is held: wait for a release
-    merges: int = 0
+    merges: Tally = field(default_factory=Tally)  # entries merged into an earlier one
     health: LaneHealth = field(default_factory=LaneHealth)
     # Intake (enqueue) time of the newest record Campaign acknowledged, wall clock;
     # events carry no event time the writer knows of, so enqueue time is what it has.
@@ -173,7 +174,7 @@ class Lane:
         """:meth:`add` for each entry in order, in one loop (the feeder's hot path)."""
         pending = self.pending
         held = self.held
-        added = size = 0
+        added = size = merged = 0
         for entry in entries:
             key = entry.key
             slot: Hashable = key if key is not None else ("#id", entry.ids[0])
@@ -181,7 +182,7 @@ class Lane:
             if chain is None:
                 pending[slot] = [entry]
             elif chain[-1].absorb(entry):
-                self.merges += 1
+                merged += 1
                 continue
             else:
                 chain.append(entry)
@@ -190,6 +191,8 @@ class Lane:
             if slot not in held:
                 self.blocked = False
         self.count += added
+        if merged:
+            self.merges.value += merged
         self.bytes += size
 
     def put_back(self, entries: Iterable[Entry], *, rotate: bool = False) -> None:
@@ -298,7 +301,7 @@ class Lane:
             "held_keys": len(self.held),
             "collections": self.collections,
             "collection_fallback": self.fallback,
-            "merges": self.merges,
+            "merges": self.merges.value,
             "failures": self.failures,
             "refused_in_a_row": self.health.streak,
             # Records refused alone, waiting to be tried alone again.
@@ -326,18 +329,30 @@ class Batcher:
         max_bytes: int,
         linger_s: float,
         modes: dict[LaneId, CollectionMode] | None = None,
+        merges: CounterFamily | None = None,
+        method_ready: Callable[[str], float] | None = None,
     ) -> None:
+        """``merges``, when given, keeps each lane's merge count (by schema and method):
+        the daemon passes ``records_coalesced``, so the lane's stats and Prometheus read
+        one count. ``method_ready``, when given, says when a method's own budget takes its
+        next call (the throttle's ``ready_at``, on the batcher's clock): a lane is not due
+        before then."""
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.linger_s = linger_s
         self.modes = dict(modes or {})
+        self._merges = merges
+        self._method_ready = method_ready
         self.lanes: dict[LaneId, Lane] = {}
         self.pending = 0  # records (not entries) held in memory, for the lease budget
 
     def lane(self, lane_id: LaneId) -> Lane:
         lane = self.lanes.get(lane_id)
         if lane is None:
-            lane = self.lanes[lane_id] = Lane(lane_id, self.modes.get(lane_id, "auto"))
+            merges = self._merges.labels(*lane_id) if self._merges is not None else Tally()
+            lane = self.lanes[lane_id] = Lane(
+                lane_id, self.modes.get(lane_id, "auto"), merges=merges
+            )
         return lane
 
     def add(self, lane_id: LaneId, entry: Entry) -> None:
@@ -368,6 +383,8 @@ class Batcher:
             due = lane.ready_at(self.linger_s, self.max_records, self.max_bytes)
             if due is None:
                 continue
+            if self._method_ready is not None:
+                due = max(due, self._method_ready(lane.id.method))
             if due > now:
                 wake = due if wake is None else min(wake, due)
                 continue

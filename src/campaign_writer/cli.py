@@ -67,10 +67,9 @@ def run_coroutine(coroutine: Coroutine[Any, Any, int]) -> int:
 
     import uvloop
 
-    # The daemon allocates a few short-lived objects per record; cyclic collections
-    # over the long-lived start-up objects cost ~10% of its CPU (perf). Freeze what
-    # exists now and collect the young generation less often.
-    gc.freeze()
+    # The daemon and the simulator allocate a few short-lived objects per record:
+    # collect the young generation less often. (The daemon also freezes what its
+    # start made, once it has started: commands/run.py.)
     gc.set_threshold(50_000, 20, 20)
     return uvloop.run(coroutine)
 

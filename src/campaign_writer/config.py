@@ -43,9 +43,9 @@ from .campaign.soap import (
 )
 from .campaign.xmltext import XmlTextPolicy
 from .errors import ConfigError
-from .logs import Secret
+from .logs import Secret, register_secret
 from .overrides import Origins, apply_environment, apply_overrides
-from .router import CollectionMode, FieldConfig, RouteConfig, read_routes
+from .routes import CollectionMode, FieldConfig, RouteConfig, read_routes
 from .settings import Section, describe, split_listen
 from .sources import SOURCE_KINDS, SourceConfig, known_kinds, parse_source_options
 
@@ -55,6 +55,7 @@ __all__ = [
     "AdminConfig",
     "AuthConfig",
     "BatchConfig",
+    "BudgetConfig",
     "CampaignConfig",
     "CollectionMode",
     "Config",
@@ -110,10 +111,29 @@ class TlsConfig:
     ca_bundle: str | None = None
 
 
+# ``tps_limit = "auto"``: the rate the learned limit starts from when nothing was learned yet.
+AUTO_START_TPS: Final = 5.0
+_REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """``[campaign.budget]``: where the tenant budget lives. An empty ``redis_url`` keeps
+    it in this instance; instances with one Redis and one ``name`` share it."""
+
+    redis_url: str = field(default="", repr=False)  # it may carry Redis's password
+    name: str = "default"
+
+
 @dataclass(frozen=True)
 class CampaignConfig:
     url: str
+    # With ``auto_limit`` (``tps_limit = "auto"``) this is only where learning starts.
     tps_limit: float = 20.0
+    auto_limit: bool = False
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    # ``[campaign.limits]``: calls per second per SOAP method, inside ``tps_limit``.
+    limits: tuple[tuple[str, float], ...] = ()
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     retry_after_cap_s: float = 60.0
     check_schemas: bool = False
@@ -291,9 +311,15 @@ def _read_url(section: Section, key: str, default: str | None = None) -> str:
 
 
 def _read_campaign(section: Section) -> CampaignConfig:
+    auto = section.has("tps_limit") and section.peek("tps_limit") == "auto"
+    if auto:
+        section.take("tps_limit")
     config = CampaignConfig(
         url=_read_url(section, "url"),
-        tps_limit=section.number("tps_limit", 20.0, positive=True),
+        tps_limit=AUTO_START_TPS if auto else _read_tps_limit(section),
+        auto_limit=auto,
+        budget=_read_budget(section.section("budget")),
+        limits=_read_limits(section.section("limits")),
         max_response_bytes=section.size("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES),
         retry_after_cap_s=section.duration("retry_after_cap_s", 60.0),
         check_schemas=section.boolean("check_schemas", False),
@@ -303,6 +329,60 @@ def _read_campaign(section: Section) -> CampaignConfig:
     )
     section.finish()
     return config
+
+
+def _read_tps_limit(section: Section) -> float:
+    if isinstance(section.peek("tps_limit"), str):
+        section.take("tps_limit")
+        section.problem("tps_limit", 'expected a number of calls per second or "auto"')
+        return 20.0
+    return section.number("tps_limit", 20.0, positive=True)
+
+
+def _read_budget(section: Section) -> BudgetConfig:
+    url = section.string("redis_url", "", allow_empty=True)
+    if url and urlsplit(url).scheme not in _REDIS_SCHEMES:
+        # The URL itself is not echoed: it may carry Redis's password.
+        scheme = urlsplit(url).scheme or "none"
+        section.problem(
+            "redis_url", f"expected a redis://, rediss:// or unix:// URL, got scheme {scheme!r}"
+        )
+    elif url:
+        _check_redis_url(section, url)
+    name = section.string("name", "default")
+    if not _SOURCE_NAME.fullmatch(name):
+        section.problem("name", "expected 1-64 letters, digits, '_', '.' or '-'")
+    section.finish()
+    return BudgetConfig(redis_url=url, name=name)
+
+
+def _check_redis_url(section: Section, url: str) -> None:
+    """Read ``url`` as redis-py will at start (a bad port or database number would stop
+    the daemon there), and register its password so no log line shows it."""
+    from redis.asyncio.connection import parse_url  # only when a budget is shared
+
+    try:
+        options = parse_url(url)
+    except ValueError:
+        section.problem(
+            "redis_url", "not a Redis URL: check its port, database number and query options"
+        )
+        return
+    for password in (options.get("password"), urlsplit(url).password):
+        if password:
+            register_secret(password)
+
+
+def _read_limits(section: Section) -> tuple[tuple[str, float], ...]:
+    limits = []
+    for method in sorted(section.keys()):
+        if method not in METHODS:
+            section.take(method)
+            section.problem(method, f"unknown method; known: {', '.join(sorted(METHODS))}")
+            continue
+        limits.append((method, section.number(method, positive=True)))
+    section.finish()
+    return tuple(limits)
 
 
 def _read_auth(section: Section) -> AuthConfig:

@@ -7,14 +7,16 @@ events, delivery finishes or releases its in-flight batches within
 ``daemon.shutdown_timeout_s``, then auth logs off and the queue closes. Whatever was
 not delivered stays in the queue; the next start resumes it.
 
-One supervisor (:meth:`Daemon.wait`) watches every long-running task: a stage that
-crashes stops the daemon with an error instead of disappearing silently.
+One supervisor (:meth:`Daemon.wait`) waits on every stage's long-running task
+(delivery's feeder and loop, the HTTP intake's listener, each source, the Campaign
+probe) and on the stop request, whichever ends first: a stage whose task ends before
+shutdown has crashed, and stops the daemon with an error at once instead of
+disappearing silently.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -28,16 +30,18 @@ from .campaign.client import CampaignClient
 from .campaign.schemas import SchemaLookupError, SchemaReader
 from .campaign.transport import HttpTransport, TlsPolicy, Transport
 from .config import Config, split_listen
+from .datamodel.check import Finding, Lookup, check_routes, read_schemas
 from .dispatcher import Dispatcher
 from .errors import AuthError, CampaignError, CampaignWriterError, ConfigError
 from .logs import get_logger
 from .metrics import Metrics
 from .queue import DurableQueue
 from .router import Router
-from .schemacheck import Finding, Lookup, check_routes, read_schemas
 from .sources import build_sources
 from .sources.http import HttpIntake
 from .throttle import TenantThrottle
+from .throttle.autolimit import LimitLearner, load_learned, save_learned
+from .throttle.budget import BudgetMode, SharedBudget
 
 __all__ = ["Daemon", "ThrottleFactory"]
 
@@ -47,6 +51,7 @@ log = get_logger("daemon")
 ThrottleFactory = Callable[[Config, Metrics], TenantThrottle]
 
 PROBE_INTERVAL_S = 15.0
+KEEP_LEARNED_S = 5.0  # how often a changed learned limit is written to the queue file
 
 
 class Daemon:
@@ -79,6 +84,9 @@ class Daemon:
         self.http: HttpIntake | None = None
         self.sources: list[Any] = []
         self._probe: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self._learned_kept = 0.0
+        self._round_trips_counted = 0
         self._stopped = asyncio.Event()
         self._campaign_seen = 0.0
         self._campaign_problem: str | None = "not contacted yet"
@@ -121,11 +129,7 @@ class Daemon:
         if self._throttle_factory is not None:
             self.throttle = self._throttle_factory(config, self.metrics)
         else:
-            self.throttle = TenantThrottle(
-                campaign.tps_limit,
-                retry_after_cap_s=campaign.retry_after_cap_s,
-                on_rate_change=self.metrics.rate_limit.set,
-            )
+            self.throttle = await self._build_throttle()
         self.client = CampaignClient(
             campaign.url,
             self.transport,
@@ -145,6 +149,8 @@ class Daemon:
             max_bytes=config.batch.max_bytes,
             linger_s=config.batch.linger_ms / 1000.0,
             modes=modes,
+            merges=self.metrics.records_coalesced,
+            method_ready=self.throttle.ready_at,
         )
         self.dispatcher = Dispatcher(
             self.queue,
@@ -177,6 +183,55 @@ class Daemon:
                 "auth": campaign.auth.mode,
             },
         )
+
+    async def _build_throttle(self) -> TenantThrottle:
+        """The tenant throttle: its method lanes, its learned limit, its shared budget."""
+        assert self.queue is not None
+        campaign = self.config.campaign
+        learner = None
+        if campaign.auto_limit:
+            kept = await load_learned(self.queue)
+            learner = LimitLearner(kept or campaign.tps_limit, learned=kept is not None)
+            self._learned_kept = learner.limit
+        budget = None
+        if campaign.budget.redis_url:
+            budget = SharedBudget(campaign.budget.redis_url, campaign.budget.name)
+            budget.on_mode_change = self._budget_mode
+        throttle = TenantThrottle(
+            campaign.tps_limit,
+            retry_after_cap_s=campaign.retry_after_cap_s,
+            on_rate_change=self.metrics.rate_limit.set,
+            method_limits=dict(campaign.limits),
+            learner=learner,
+            budget=budget,
+        )
+        if learner is not None:
+            throttle.on_limit_learned = self.metrics.learned_limit.set
+            self.metrics.learned_limit.set(learner.limit)
+            self._keeper = asyncio.create_task(self._keep_learned(throttle))
+        if budget is not None:
+            await budget.start()
+            self._budget_mode(budget.mode)
+        return throttle
+
+    def _budget_mode(self, mode: BudgetMode) -> None:
+        self.metrics.budget_shared.set(1 if mode == "shared" else 0)
+        self.metrics.budget_fallback.set(1 if mode == "fallback" else 0)
+
+    async def _keep_learned(self, throttle: TenantThrottle) -> None:
+        """Write the learned limit into the queue file when it changed (every few s)."""
+        while True:
+            await asyncio.sleep(KEEP_LEARNED_S)
+            await self._save_learned(throttle)
+
+    async def _save_learned(self, throttle: TenantThrottle) -> None:
+        limit = throttle.controller.limit
+        if self.queue is not None and abs(limit - self._learned_kept) > 1e-3:
+            try:
+                await save_learned(self.queue, limit)
+                self._learned_kept = limit
+            except CampaignWriterError as exc:
+                log.warning("could not keep the learned tps limit", extra={"error": str(exc)})
 
     async def _check_schemas(self, client: CampaignClient, auth: Authenticator) -> None:
         """``campaign.check_schemas``: refuse to start when a route does not fit its schema.
@@ -218,28 +273,39 @@ class Daemon:
         self._stopped.set()
 
     async def wait(self) -> int:
-        """Run until stop() or until a stage crashes; returns the exit code."""
-        while not self._stopped.is_set():
-            crashed = self._crashed_stage()
-            if crashed is not None:
-                log.critical("a stage crashed; shutting down", extra={"stage": crashed})
-                return 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), 1.0)
-        return 0
+        """Run until stop() or until a stage's task ends; returns the exit code (1 when a
+        stage crashed). Waits on the tasks themselves: a crash is seen the moment it
+        happens."""
+        stages = self._stage_tasks()
+        stop = asyncio.ensure_future(self._stopped.wait())
+        try:
+            done, _ = await asyncio.wait({stop, *stages}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if self._stopped.is_set():
+            return 0
+        ended = next(task for task in done if task is not stop)
+        if ended.cancelled():
+            why = "its task was cancelled"
+        else:
+            error = ended.exception()
+            why = repr(error) if error is not None else "its task ended"
+        log.critical("a stage crashed; shutting down", extra={"stage": f"{stages[ended]}: {why}"})
+        return 1
 
-    def _crashed_stage(self) -> str | None:
-        if self.dispatcher is not None and self.dispatcher.crashed is not None:
-            return f"delivery: {self.dispatcher.crashed!r}"
+    def _stage_tasks(self) -> dict[asyncio.Task[Any], str]:
+        """Every stage's long-running task, by the stage's name."""
+        stages: dict[asyncio.Task[Any], str] = {}
+        if self.dispatcher is not None:
+            stages.update(dict.fromkeys(self.dispatcher.tasks, "delivery"))
+        if self.http is not None and self.http.task is not None:
+            stages[self.http.task] = "http intake"
         for source in self.sources:
-            crashed = getattr(source, "crashed", None)
-            if crashed is not None:
-                return f"source {source.name}: {crashed!r}"
-        if self._probe is not None and self._probe.done() and not self._probe.cancelled():
-            error = self._probe.exception()
-            if error is not None:
-                return f"campaign probe: {error!r}"
-        return None
+            if source.task is not None:
+                stages[source.task] = f"source {source.name}"
+        if self._probe is not None:
+            stages[self._probe] = "campaign probe"
+        return stages
 
     # --- stop ------------------------------------------------------------------------
 
@@ -262,6 +328,15 @@ class Daemon:
         if self.auth is not None:
             await self.auth.close()
             self.auth = None
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
+            self._keeper = None
+        if isinstance(self.throttle, TenantThrottle):
+            if self.throttle.learner is not None:
+                await self._save_learned(self.throttle)
+            if self.throttle.budget is not None:
+                await self.throttle.budget.close()
         if self.transport is not None:
             await self.transport.close()
             self.transport = None
@@ -292,8 +367,10 @@ class Daemon:
             applied.append("log.level")
         if new.log != replace(old.log, level=new.log.level):
             restart.append("log")
+        # Between a number and "auto" the learner (made at start) comes or goes: restart.
+        switched = new.campaign.auto_limit != old.campaign.auto_limit
         if new.campaign.tps_limit != old.campaign.tps_limit:
-            if isinstance(self.throttle, TenantThrottle):
+            if isinstance(self.throttle, TenantThrottle) and not switched:
                 self.throttle.set_limit(new.campaign.tps_limit)
                 applied.append("campaign.tps_limit")
             else:
@@ -386,6 +463,18 @@ class Daemon:
 
     def _refresh_gauges(self) -> None:
         self.campaign_state()
+        throttle = self.throttle
+        if isinstance(throttle, TenantThrottle):
+            rates = throttle.method_rates()
+            for route in self.config.routes:
+                # A method without a limit of its own may use the whole tenant rate.
+                rates.setdefault(route.method, throttle.rate())
+            for method, rate in rates.items():
+                self.metrics.method_limit.labels(method).set(rate)
+            if throttle.budget is not None:
+                trips = throttle.budget.round_trips
+                self.metrics.budget_redis_round_trips.inc(trips - self._round_trips_counted)
+                self._round_trips_counted = trips
         for check, problem in self.readiness().items():
             self.metrics.readiness.labels(check).set(0 if problem else 1)
         self.metrics.auth_ready.set(1 if self.auth is not None and self.auth.ready else 0)
@@ -411,6 +500,7 @@ class Daemon:
                 else None
             ),
             "delivery": self.dispatcher.stats() if self.dispatcher is not None else None,
+            "throttle": self.throttle.stats() if self.throttle is not None else None,
             "auth": {
                 "mode": self.config.campaign.auth.mode,
                 "ready": bool(self.auth and self.auth.ready),

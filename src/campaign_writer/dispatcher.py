@@ -43,7 +43,7 @@ from .campaign.auth import Authenticator
 from .campaign.client import AuthFailed, CampaignClient
 from .campaign.outcome import Fatal, Ok, Reject, Retry, Throttled
 from .errors import QueueError
-from .isolation import Isolation, Refused
+from .isolation import DeliveryCounts, Isolation, Refused
 from .logs import get_logger
 from .metrics import Metrics
 from .records import LaneId, Leased, RecordDeadLetter
@@ -104,7 +104,7 @@ class Halt:
         return f"Halt(reason={self.reason!r}, until={self.until})"
 
 
-class Dispatcher(Isolation):
+class Dispatcher:
     """Owns the batcher and the send tasks; start() and close() are symmetric."""
 
     def __init__(
@@ -140,17 +140,26 @@ class Dispatcher(Isolation):
         # Acks the queue could not write in a row, and until when sending waits for it.
         self._ack_failures = 0
         self._acks_wait_until = 0.0
-        self.crashed: BaseException | None = None
-        self.totals = {
-            "delivered": 0,
-            "dead_lettered": 0,
-            "retried": 0,
-            "throttled": 0,
-            "calls": 0,
-            "bisections": 0,
-            "fault_pauses": 0,
-            "partial_collections": 0,
-            "tail_controls": 0,
+        self.crashed: BaseException | None = None  # what ended a task of ours, if anything
+        self._send_error: BaseException | None = None  # a send task's, for the loop to raise
+        self.counts = DeliveryCounts()
+        self.isolation = Isolation(
+            batcher,
+            client,
+            auth,
+            retry,
+            metrics,
+            self.counts,
+            send=self._send,
+            dead_letter=self._dead_letter,
+            collections_evidence=self._collections_evidence,
+            stopping=lambda: self._stopping,
+            clock=clock,
+        )
+        # The batch outcomes, looked up once: one bump per batch.
+        self._batches = {
+            outcome: metrics.batches.labels(outcome)
+            for outcome in ("ok", "throttled", "rejected", "retry", "fatal")
         }
 
     @property
@@ -164,16 +173,30 @@ class Dispatcher(Isolation):
         return self.halt.reason
 
     def __repr__(self) -> str:
+        metrics = self.metrics
         return (
             f"Dispatcher(sending={len(self._sending)}, {self.in_flight!r}, {self.batcher!r},"
+            f" delivered={metrics.records_delivered.total()},"
+            f" dead_lettered={metrics.records_dead_lettered.total()},"
+            f" retried={metrics.retries.total()}, calls={self.counts.calls},"
             f" fatal={self.fatal!r})"
         )
 
     # --- lifecycle -------------------------------------------------------------------
 
+    @property
+    def tasks(self) -> frozenset[asyncio.Task[None]]:
+        """The feeder and the dispatch loop while they run: they end early only on a
+        crash (a send task's crash ends the loop with its error). The daemon's
+        supervisor waits on them."""
+        return frozenset(self._tasks)
+
     async def start(self) -> None:
-        for coroutine in (self._feed(), self._dispatch()):
-            task = asyncio.create_task(coroutine)
+        for name, coroutine in (
+            ("delivery:feed", self._feed()),
+            ("delivery:loop", self._dispatch()),
+        ):
+            task = asyncio.create_task(coroutine, name=name)
             task.add_done_callback(self._supervise)
             self._tasks.add(task)
 
@@ -213,7 +236,6 @@ class Dispatcher(Isolation):
     # --- feeding ---------------------------------------------------------------------
 
     async def _feed(self) -> None:
-        merges_seen: dict[LaneId, int] = {}
         lane_ids: dict[str, LaneId] = {}
         while not self._stopping:
             room = self.lease_capacity - self.batcher.pending
@@ -243,11 +265,6 @@ class Dispatcher(Isolation):
                     lane_id = lane_ids[lane] = LaneId.parse(lane)
                     self._lane_series(lane_id)
                 sooner = self.batcher.add_many(lane_id, entries) or sooner
-            for lane_id, state in self.batcher.lanes.items():
-                new = state.merges - merges_seen.get(lane_id, 0)
-                if new:
-                    merges_seen[lane_id] = state.merges
-                    self.metrics.records_coalesced.labels(*lane_id).inc(new)
             if sooner:
                 # Otherwise the dispatcher's timer already covers every lane's due time.
                 self._wake.set()
@@ -262,6 +279,8 @@ class Dispatcher(Isolation):
 
     async def _dispatch(self) -> None:
         while not self._stopping:
+            if self._send_error is not None:
+                raise self._send_error
             now = self._clock()
             if self.halt.blocks(now):
                 await self._sleep_or_wake(self.halt.until - now)
@@ -295,14 +314,15 @@ class Dispatcher(Isolation):
         self._room.set()
         self._wake.set()
         if not task.cancelled() and task.exception() is not None and not self._stopping:
-            self.crashed = task.exception()
-            log.critical("send task crashed", exc_info=task.exception())
+            # The dispatch loop raises it (the wake above gets it there): a crash of
+            # delivery, seen through the loop's task like any other.
+            self._send_error = task.exception()
 
     async def _run_batch(self, batch: Batch) -> None:
         """A send task: the batch in one call; a refusal goes to fault judgement."""
         outcome = await self._send(batch, batch.entries, batch.collection)
         if isinstance(outcome, Refused):
-            await self._judge_refusal(batch, outcome)
+            await self.isolation.judge_refusal(batch, outcome)
 
     async def _send(
         self, batch: Batch, entries: list[Entry], collection: bool
@@ -322,7 +342,7 @@ class Dispatcher(Isolation):
             collection=collection,
             stamp=lane.health.send,
         )
-        self.totals["calls"] += sent.calls
+        self.counts.calls += sent.calls
         if isinstance(sent, AuthFailed):
             if sent.fatal:
                 self._go_fatal(batch, entries, sent.reason)
@@ -337,8 +357,7 @@ class Dispatcher(Isolation):
             )
             return outcome if acked else None
         if isinstance(outcome, Throttled):
-            self.totals["throttled"] += 1
-            self.metrics.batches.labels("throttled").inc()
+            self._batches["throttled"].inc()
             self.batcher.put_back(batch, entries)
             return None
         if isinstance(outcome, Retry):
@@ -354,7 +373,7 @@ class Dispatcher(Isolation):
             self._go_fatal(batch, entries, outcome.reason)
             return None
         assert isinstance(outcome, Reject)
-        self.metrics.batches.labels("rejected").inc()
+        self._batches["rejected"].inc()
         lane.health.refused(collection, counts=not batch.retrial)
         self._collections_evidence(batch)
         return Refused(outcome, sent.status, sent.stamp)
@@ -402,7 +421,6 @@ class Dispatcher(Isolation):
         if partial is not None:
             # Campaign took part of the collection, and nothing says which part: every
             # record goes back and is sent alone (what was stored is stored twice).
-            self.totals["partial_collections"] += 1
             self.metrics.partial_collections.labels(*lane.id).inc()
             log.error(
                 "Campaign stored only part of a collection; sending one record per call"
@@ -431,9 +449,8 @@ class Dispatcher(Isolation):
         if self.halt.leave():
             log.warning("Campaign accepts calls again; leaving the fatal state")
         self.batcher.delivered(batch, entries)
-        self.totals["delivered"] += len(ids)
         self.metrics.records_delivered.labels(lane.id.schema, method).inc(len(ids))
-        self.metrics.batches.labels("ok").inc()
+        self._batches["ok"].inc()
         wall = self._wall()
         # One value per record; records merged into an entry share its oldest intake time.
         self.metrics.end_to_end_latency.observe_many(
@@ -467,7 +484,6 @@ class Dispatcher(Isolation):
         rows = [RecordDeadLetter(i, reason, status, code) for e in entries for i in e.ids]
         await self.queue.dead_letter(rows)
         self.batcher.finished(batch, entries)
-        self.totals["dead_lettered"] += len(rows)
         self.metrics.records_dead_lettered.labels(code or "error").inc(len(rows))
         log.warning(
             "records dead-lettered",
@@ -477,9 +493,8 @@ class Dispatcher(Isolation):
 
     def _back_off(self, batch: Batch, entries: list[Entry], reason: str) -> None:
         delay = self.batcher.back_off(batch, entries, self._clock(), self.retry.backoff)
-        self.totals["retried"] += 1
         self.metrics.retries.labels(reason.split(":")[0][:40]).inc()
-        self.metrics.batches.labels("retry").inc()
+        self._batches["retry"].inc()
         log.info(
             "transient failure; retrying",
             extra={"reason": reason[:300], "backoff_s": round(delay, 3)},
@@ -492,23 +507,43 @@ class Dispatcher(Isolation):
                 "Campaign refuses every call; delivery stopped, queue kept",
                 extra={"reason": reason, "probe_in_s": delay},
             )
-        self.metrics.batches.labels("fatal").inc()
+        self._batches["fatal"].inc()
         self.batcher.put_back(batch, entries)
 
     # --- introspection ---------------------------------------------------------------
+
+    def fault_pauses(self) -> dict[str, Any]:
+        """Lanes paused on a fault every record meets (see :class:`Isolation`)."""
+        return self.isolation.fault_pauses()
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Delivery's counts, read from where each is kept (the metrics, or ``counts``)."""
+        metrics, counts = self.metrics, self.counts
+        return {
+            "delivered": metrics.records_delivered.total(),
+            "dead_lettered": metrics.records_dead_lettered.total(),
+            "retried": metrics.retries.total(),
+            "throttled": self._batches["throttled"].value,
+            "calls": counts.calls,
+            "bisections": counts.bisections,
+            "fault_pauses": counts.fault_pauses,
+            "partial_collections": metrics.partial_collections.total(),
+            "tail_controls": counts.tail_controls,
+        }
 
     def stats(self) -> dict[str, Any]:
         wall = self._wall()
         return {
             "fatal": self.fatal,
-            "faults": self.fault_pauses(),
+            "faults": self.isolation.fault_pauses(),
             "in_flight": self.in_flight.current,
             "in_flight_limit": self.in_flight.limit,
             "latency_ewma_s": self.in_flight.latency_s,
             "rate_limit": round(self.client.rate(), 3),
             "paused_for_s": round(self.client.paused_for, 3),
             "records_in_memory": self.batcher.pending,
-            "totals": dict(self.totals),
+            "totals": self.totals,
             "lanes": {
                 lane_id.text: lane.stats(wall) for lane_id, lane in self.batcher.lanes.items()
             },

@@ -1,23 +1,24 @@
 """Whose fault is a refusal? Bisection, controls and verdicts for delivery.
 
 When Campaign refuses a call (a :class:`~campaign_writer.campaign.outcome.Reject`), the
-dispatcher hands the batch here. :meth:`Isolation._isolate` splits it until the
-records at fault fail alone while others succeed; :meth:`Isolation._judge` strikes
-a record refused alone, and dead-letters it once the evidence holds (see
-:mod:`campaign_writer.evidence`). When refusals pile up with no success, records
-sent alone act as controls (:meth:`Isolation._control`); if they fail too, the fault
-is the instance's: the lane pauses (:meth:`Isolation._suspect`) and nothing is
-dead-lettered.
+dispatcher hands the batch here (:meth:`Isolation.judge_refusal`).
+:meth:`Isolation._isolate` splits it until the records at fault fail alone while
+others succeed; :meth:`Isolation._judge` strikes a record refused alone, and
+dead-letters it once the evidence holds (see :mod:`campaign_writer.evidence`). When
+refusals pile up with no success, records sent alone act as controls
+(:meth:`Isolation._control`); if they fail too, the fault is the instance's: the lane
+pauses (:meth:`Isolation._suspect`) and nothing is dead-lettered.
 
-:class:`Isolation` is a part of :class:`~campaign_writer.dispatcher.Dispatcher`:
-sending and settling are the dispatcher's (:meth:`Isolation._send`), judging is here.
+:class:`Isolation` is a collaborator of :class:`~campaign_writer.dispatcher.Dispatcher`:
+sending and settling are the dispatcher's (it hands its ``send`` over), judging is here.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .batcher import Batch, Batcher, Entry, Lane
@@ -33,7 +34,15 @@ if TYPE_CHECKING:
     from .campaign.auth import Authenticator
     from .campaign.client import CampaignClient
 
-__all__ = ["CONTROLS", "MAX_STRIKES", "TAIL_RECORDS", "TAIL_WINDOW_S", "Isolation", "Refused"]
+__all__ = [
+    "CONTROLS",
+    "MAX_STRIKES",
+    "TAIL_RECORDS",
+    "TAIL_WINDOW_S",
+    "DeliveryCounts",
+    "Isolation",
+    "Refused",
+]
 
 log = get_logger("dispatcher")
 
@@ -50,6 +59,19 @@ TAIL_RECORDS = 50
 TAIL_WINDOW_S = 600.0
 
 
+@dataclass(slots=True)
+class DeliveryCounts:
+    """Delivery's counts that have no Prometheus series (the others live in the metrics).
+
+    Kept once, here; ``/v1/stats`` ``delivery.totals`` and the dispatcher's repr read them.
+    """
+
+    calls: int = 0  # Campaign calls that carried records, controls included
+    bisections: int = 0  # refused batches split to find the records at fault
+    tail_controls: int = 0  # read controls sent at the end of a stream
+    fault_pauses: int = 0  # lanes paused on a fault every record meets
+
+
 class Refused(NamedTuple):
     """Campaign refused a call with a fault; whose fault it is remains to be seen."""
 
@@ -58,33 +80,56 @@ class Refused(NamedTuple):
     seq: int
 
 
+# What judging asks of the dispatcher: send ``entries`` of a batch in one call and
+# settle it (Ok when delivered, the refusal when Campaign refused it, None when settled
+# otherwise); dead-letter entries; weigh the lane's evidence about collections.
+Send = Callable[[Batch, list[Entry], bool], Awaitable[Ok | Refused | None]]
+DeadLetter = Callable[[Batch, list[Entry], str, int | None, str], Awaitable[int]]
+
+
 class Isolation:
-    """Fault judgement, mixed into the dispatcher; these are the parts it uses."""
+    """Fault judgement: the dispatcher's collaborator for refused calls.
 
-    batcher: Batcher
-    client: CampaignClient
-    auth: Authenticator
-    retry: RetryPolicy
-    metrics: Metrics
-    totals: dict[str, int]
-    _clock: Callable[[], float]
-    _stopping: bool
+    The dispatcher hands it a refused batch (:meth:`judge_refusal`); it sends parts of
+    it through the dispatcher's own ``send`` (so every call is settled one way), and
+    gives its verdicts back through ``dead_letter`` and the batcher.
+    """
 
-    async def _send(
-        self, batch: Batch, entries: list[Entry], collection: bool
-    ) -> Ok | Refused | None:
-        """Send ``entries`` in one call and settle it (see the dispatcher)."""
-        raise NotImplementedError
+    def __init__(
+        self,
+        batcher: Batcher,
+        client: CampaignClient,
+        auth: Authenticator,
+        retry: RetryPolicy,
+        metrics: Metrics,
+        counts: DeliveryCounts,
+        *,
+        send: Send,
+        dead_letter: DeadLetter,
+        collections_evidence: Callable[[Batch], None],
+        stopping: Callable[[], bool],
+        clock: Callable[[], float],
+    ) -> None:
+        self.batcher = batcher
+        self.client = client
+        self.auth = auth
+        self.retry = retry
+        self.metrics = metrics
+        self.counts = counts
+        self._send = send
+        self._dead_letter = dead_letter
+        self._collections_evidence = collections_evidence
+        self._stopping = stopping
+        self._clock = clock
 
-    async def _dead_letter(
-        self, batch: Batch, entries: list[Entry], reason: str, status: int | None, code: str
-    ) -> int:
-        raise NotImplementedError
+    def __repr__(self) -> str:
+        paused = sum(1 for lane in self.batcher.lanes.values() if lane.health.suspect)
+        return (
+            f"Isolation(bisections={self.counts.bisections}, paused_lanes={paused},"
+            f" fault_pauses={self.counts.fault_pauses})"
+        )
 
-    def _collections_evidence(self, batch: Batch) -> None:
-        raise NotImplementedError
-
-    async def _judge_refusal(self, batch: Batch, refused: Refused) -> None:
+    async def judge_refusal(self, batch: Batch, refused: Refused) -> None:
         """A whole batch was refused: split it, or judge its one record."""
         entries = batch.entries
         if len(entries) > 1 or batch.collection:
@@ -100,13 +145,13 @@ class Isolation:
         up with no success, one record alone is sent as a control; if it fails too, the
         fault is the instance's: the lane pauses and nothing is dead-lettered.
         """
-        self.totals["bisections"] += 1
+        self.counts.bisections += 1
         lane = batch.lane
         health = lane.health
         work: deque[list[Entry]] = deque([entries])
         sibling_ok = False
         while work:
-            if health.suspect or self._stopping or (collection and not lane.collections):
+            if health.suspect or self._stopping() or (collection and not lane.collections):
                 # Paused, closing, or fallen back to one record per call: the rest waits.
                 self.batcher.put_back(batch, [e for part in work for e in part])
                 return
@@ -220,8 +265,8 @@ class Isolation:
         except (AuthError, TransportError):
             return False
         result = await self.client.read_schema(lane.id.schema, credentials)
-        self.totals["calls"] += 1
-        self.totals["tail_controls"] += 1
+        self.counts.calls += 1
+        self.counts.tail_controls += 1
         if not isinstance(result.outcome, Ok):
             return False
         health.pauses = 0  # Campaign answers: the next pause starts short again
@@ -310,7 +355,7 @@ class Isolation:
         delay = health.next_pause(initial, cap)
         now = self._clock()
         self.batcher.pause(lane, now + delay)
-        self.totals["fault_pauses"] += 1
+        self.counts.fault_pauses += 1
         if health.suspect_since is not None and now - health.last_told >= FAULT_REMINDER_S:
             health.last_told = now
             log.warning(

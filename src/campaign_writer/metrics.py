@@ -5,6 +5,11 @@ Names are a contract: ``test_every_documented_metric_is_exported`` (in
 Counters are bumped per batch or per request, never per record in
 a hot loop. Each daemon owns its own registry, so several can run in one process.
 
+Each count is kept once. A counter here is a :class:`CounterFamily`: plain integers,
+one per label set, that Prometheus reads at scrape time and that a stage's
+``stats()`` and ``__repr__`` read too (``family.labels(...).value``,
+``family.total()``); no stage keeps a second tally of its own.
+
 ========================================================  =====  ====================
 name                                                      type   labels
 ========================================================  =====  ====================
@@ -30,6 +35,11 @@ campaign_writer_dead_letter_depth                         gauge
 campaign_writer_in_flight                                 gauge
 campaign_writer_in_flight_limit                           gauge
 campaign_writer_rate_limit                                gauge  (calls per second)
+campaign_writer_budget_shared                             gauge
+campaign_writer_budget_fallback                           gauge
+campaign_writer_budget_redis_round_trips_total            ctr
+campaign_writer_throttle_learned_limit_calls_per_second   gauge
+campaign_writer_throttle_method_limit_calls_per_second    gauge  method
 campaign_writer_campaign_reachable                        gauge
 campaign_writer_call_latency_seconds                      hist   method
 campaign_writer_end_to_end_latency_seconds                hist
@@ -68,6 +78,14 @@ fatal answer, the queue full); ``auth_ready`` is 1 while the writer holds creden
 Campaign took. ``build_info`` is 1, labelled with the package version. The
 process (CPU, memory, open files), platform and garbage-collector collectors of
 prometheus-client are registered on each daemon's registry too.
+``budget_shared`` is 1 while the tenant budget is shared through Redis and
+``budget_fallback`` 1 while Redis is lost and this instance paces at its share;
+``budget_redis_round_trips`` counts the budget's calls to Redis (reservations,
+heartbeats, pauses). ``throttle_learned_limit_calls_per_second`` is the limit learned
+with ``tps_limit = "auto"`` (0 otherwise); ``throttle_method_limit_calls_per_second``
+is what each method may use on this instance now: its ``[campaign.limits]`` entry
+(its share of it when the budget is shared, lowered after a 429 charged to it), or
+the tenant rate for a route's method without a limit of its own.
 """
 
 from __future__ import annotations
@@ -80,18 +98,17 @@ from prometheus_client import (
     PLATFORM_COLLECTOR,
     PROCESS_COLLECTOR,
     CollectorRegistry,
-    Counter,
     Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from . import __version__
 
-__all__ = ["METRIC_NAMES", "BatchHistogram", "Metrics"]
+__all__ = ["METRIC_NAMES", "BatchHistogram", "CounterFamily", "Metrics", "Tally"]
 
 # The *_created series double the exposition for no use of ours.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -138,6 +155,88 @@ class BatchHistogram(Collector):
         )
 
 
+class Tally:
+    """One count: a plain integer, bumped from the event loop only."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+    def __repr__(self) -> str:
+        return f"Tally({self.value})"
+
+
+class CounterFamily(Collector):
+    """A Prometheus counter whose counts are plain integers, one :class:`Tally` per label set.
+
+    prometheus_client's Counter takes a lock and checks its labels on every bump, and
+    its value is private, so stages kept their own tallies beside it. This one is the
+    tally: ``labels(...)`` returns the label set's :class:`Tally` (creating it at zero,
+    so it is exported from then on), stages bump it from the event loop, and Prometheus,
+    ``/v1/stats`` and ``__repr__`` all read the same integers. Without labels the family
+    itself counts (``inc()``, ``value``). Exported as ``<name>_total``, like Counter.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: tuple[str, ...],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self._tallies: dict[tuple[str, ...], Tally] = {}
+        self._unlabelled = Tally() if not labelnames else None
+        registry.register(self)
+
+    def labels(self, *values: str) -> Tally:
+        tally = self._tallies.get(values)
+        if tally is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, not {values}")
+            tally = self._tallies[values] = Tally()
+        return tally
+
+    def _own(self) -> Tally:
+        if self._unlabelled is None:
+            raise ValueError(f"{self.name} counts by {self.labelnames}: use labels()")
+        return self._unlabelled
+
+    def inc(self, amount: int = 1) -> None:
+        self._own().value += amount
+
+    @property
+    def value(self) -> int:
+        return self._own().value
+
+    def total(self) -> int:
+        """The sum over every label set."""
+        if self._unlabelled is not None:
+            return self._unlabelled.value
+        return sum(tally.value for tally in self._tallies.values())
+
+    def values(self) -> dict[tuple[str, ...], int]:
+        """Each label set's count."""
+        return {labels: tally.value for labels, tally in self._tallies.items()}
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        if self._unlabelled is not None:
+            family.add_metric((), float(self._unlabelled.value))
+        for labels, tally in list(self._tallies.items()):
+            family.add_metric(labels, float(tally.value))
+        yield family
+
+    def __repr__(self) -> str:
+        return f"CounterFamily({self.name!r}, total={self.total()})"
+
+
 class Metrics:
     """The writer's metrics, registered in a registry of their own."""
 
@@ -146,8 +245,8 @@ class Metrics:
         r = self.registry
         prefix = "campaign_writer_"
 
-        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
-            return Counter(prefix + name, doc, labels, registry=r)
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> CounterFamily:
+            return CounterFamily(prefix + name, doc, labels, r)
 
         def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
             return Gauge(prefix + name, doc, labels, registry=r)
@@ -202,6 +301,24 @@ class Metrics:
         self.in_flight = gauge("in_flight", "Campaign calls under way")
         self.in_flight_limit = gauge("in_flight_limit", "Current cap on calls under way")
         self.rate_limit = gauge("rate_limit", "Current throttle rate, calls per second")
+        self.budget_shared = gauge(
+            "budget_shared", "1 while the tenant budget is shared through Redis, else 0"
+        )
+        self.budget_fallback = gauge(
+            "budget_fallback", "1 while Redis is lost and this instance paces at its share"
+        )
+        self.budget_redis_round_trips = counter(
+            "budget_redis_round_trips", "Round trips to Redis for the shared tenant budget"
+        )
+        self.learned_limit = gauge(
+            "throttle_learned_limit_calls_per_second",
+            'The tenant limit learned with tps_limit = "auto" (0 otherwise)',
+        )
+        self.method_limit = gauge(
+            "throttle_method_limit_calls_per_second",
+            "Calls per second a method with its own limit may use on this instance now",
+            ("method",),
+        )
         self.campaign_reachable = gauge(
             "campaign_reachable",
             "1 while Campaign answers (a call or a probe got an HTTP answer), else 0",
@@ -281,6 +398,11 @@ METRIC_NAMES = (
     "campaign_writer_in_flight",
     "campaign_writer_in_flight_limit",
     "campaign_writer_rate_limit",
+    "campaign_writer_budget_shared",
+    "campaign_writer_budget_fallback",
+    "campaign_writer_budget_redis_round_trips_total",
+    "campaign_writer_throttle_learned_limit_calls_per_second",
+    "campaign_writer_throttle_method_limit_calls_per_second",
     "campaign_writer_campaign_reachable",
     "campaign_writer_call_latency_seconds",
     "campaign_writer_end_to_end_latency_seconds",

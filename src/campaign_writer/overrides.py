@@ -77,9 +77,6 @@ class Origins:
         """(key path, origin) for every value given or defaulted, given ones first."""
         return [*self.by_path.items(), *((path, "default") for path in self.defaults)]
 
-    def of(self, path: str) -> str:
-        return self.by_path.get(path, "default")
-
     def suffix(self, problem: str) -> str:
         """A problem about a key given by a variable, naming that variable."""
         where = problem.partition(":")[0]
@@ -148,19 +145,15 @@ def apply_overrides(
         if not steps:
             problems.append(f"--set {dotted}: not a key path like section.key or routes[0].name")
             continue
-        last = steps[-1]
-        if isinstance(last, str) and last in SECRET_KEYS:
+        if _is_secret(steps):
             problems.append(
                 f"--set {dotted}: secrets cannot be set on the command line; "
-                f"use {last}_env or {last}_file in the config file"
+                f"use {steps[-1]}_env or {steps[-1]}_file in the config file"
             )
             continue
-        value = _literal(raw.strip())
-        error = _assign(tree, steps, value)
+        error = _set(tree, steps, raw, origins, "--set")
         if error:
             problems.append(f"--set {dotted}: {error}")
-        elif origins is not None:
-            origins.mark(_dotted(steps), value, "--set")
 
 
 def env_overrides(environ: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -191,19 +184,15 @@ def apply_environment(
             continue
         steps = _match_case(tree, [int(s) if s.isdigit() else s for s in segments])
         dotted = _dotted(steps)
-        last = steps[-1]
-        if isinstance(last, str) and last in SECRET_KEYS:
+        if _is_secret(steps):
             problems.append(
                 f"{name}: secrets are not read from CAMPAIGN_WRITER__ variables; "
                 f"set {dotted}_env (a variable's name) or {dotted}_file instead"
             )
             continue
-        value = _literal(raw.strip())
-        error = _assign(tree, steps, value)
+        error = _set(tree, steps, raw, origins, f"env {name}")
         if error:
             problems.append(f"{dotted}: {error} (from {name})")
-        elif origins is not None:
-            origins.mark(dotted, value, f"env {name}")
 
 
 def _match_case(tree: Mapping[str, Any], steps: list[str | int]) -> list[str | int]:
@@ -220,6 +209,23 @@ def _match_case(tree: Mapping[str, Any], steps: list[str | int]) -> list[str | i
         else:
             node = node.get(step) if isinstance(node, Mapping) else None
     return matched
+
+
+def _is_secret(steps: list[str | int]) -> bool:
+    """Whether the key path ends at a secret (given only by its *_env / *_file forms)."""
+    return isinstance(steps[-1], str) and steps[-1] in SECRET_KEYS
+
+
+def _set(
+    tree: dict[str, Any], steps: list[str | int], raw: str, origins: Origins | None, origin: str
+) -> str | None:
+    """Put ``raw`` (as a TOML literal, else text) at ``steps`` and note its origin; the
+    problem when it cannot go there."""
+    value = _literal(raw.strip())
+    error = _assign(tree, steps, value)
+    if error is None and origins is not None:
+        origins.mark(_dotted(steps), value, origin)
+    return error
 
 
 def _assign(tree: dict[str, Any], steps: list[str | int], value: Any) -> str | None:

@@ -179,6 +179,14 @@ class Section:
     def has(self, key: str) -> bool:
         return key in self._data
 
+    def peek(self, key: str) -> object:
+        """The raw value of ``key`` (MISSING when absent), left for an accessor to take."""
+        return self._data.get(key, MISSING)
+
+    def keys(self) -> list[str]:
+        """The keys not taken yet (for tables whose keys are names, like method limits)."""
+        return list(self._data)
+
     def take(self, key: str) -> object:
         """The raw value of ``key`` (MISSING when absent), marking the key as known."""
         self._known.append(key)

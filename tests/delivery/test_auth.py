@@ -58,7 +58,7 @@ async def test_renewal_is_single_flight(simulator: SimulatorHandle, mode: str) -
     logon = {"session": "Logon", "bearer_logon": "BearerTokenLogon"}.get(mode)
     if logon:
         assert stats["calls_by_method"][logon] == 2
-    assert stack.metrics.auth_renewals.labels(mode)._value.get() == 2
+    assert stack.metrics.auth_renewals.labels(mode).value == 2
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from campaign_writer.batcher import Batch, Batcher, Entry, LaneId, merge_operations
 from campaign_writer.campaign.documents import StagingRecord
+from campaign_writer.metrics import Metrics
 
 LANE = LaneId("dem:sampleTableStg", "IngestExt")
 OTHER = LaneId("nms:recipient", "WriteCollection")
@@ -56,8 +57,18 @@ def test_same_key_merges_later_attributes_win() -> None:
     assert len(batch.entries) == 1
     assert attrs(batch.entries[0]) == {"id": "k", "testcol1": "new", "testcol2": "kept"}
     assert batch.entries[0].ids == [1, 2]
-    assert batch.lane.merges == 1
+    assert batch.lane.merges.value == 1
     assert batch.record_count == 2
+
+
+def test_merges_are_counted_once_for_stats_and_prometheus() -> None:
+    """Given the metrics' family, a lane's merge count is the exported series itself."""
+    metrics = Metrics()
+    b = Batcher(max_records=3, max_bytes=10_000, linger_s=0.2, merges=metrics.records_coalesced)
+    b.add_many(LANE, [entry(1, "k"), entry(2, "k"), entry(3, "k"), entry(4, "j")])
+    assert b.lanes[LANE].stats()["merges"] == 2
+    text = metrics.exposition().decode()
+    assert f'records_coalesced_total{{method="{LANE.method}",schema="{LANE.schema}"}} 2.0' in text
 
 
 def test_records_without_key_never_merge() -> None:

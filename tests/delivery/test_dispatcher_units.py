@@ -157,6 +157,7 @@ async def delivery(
         max_bytes=1 << 20,
         linger_s=0.0,
         modes={LANE: collection},  # type: ignore[dict-item]
+        merges=metrics.records_coalesced,
     )
     dispatcher = Dispatcher(
         queue,
@@ -353,6 +354,28 @@ async def test_a_record_refused_alone_while_others_pass_is_dead_lettered(tmp_pat
     assert "refused alone 3 times" in reason
 
 
+@on_virtual_time
+async def test_stats_metrics_and_repr_read_one_count(tmp_path: Path) -> None:
+    """Delivered, dead-lettered and retried records are counted once: /v1/stats' totals,
+    the Prometheus exposition and the dispatcher's repr show the same figures."""
+    retry = RetryPolicy(record_failures=3)
+    async with delivery(tmp_path, handler=refusing("k002"), retry=retry, collection="never") as rig:
+        rig.transport.script("Ingest", reset())
+        await rig.add(keys("k", 6))
+        await rig.dispatcher.start()
+        await until(lambda: rig.totals["delivered"] == 5 and rig.totals["dead_lettered"] == 1)
+        totals = rig.dispatcher.stats()["totals"]
+        text = rig.metrics.exposition().decode()
+        assert f'records_delivered_total{{method="Ingest",schema="{SCHEMA}"}} 5.0' in text
+        assert 'records_dead_lettered_total{reason="duplicate-key"} 1.0' in text
+        [(reason,)] = rig.metrics.retries.values()
+        assert f'retries_total{{reason="{reason}"}} 1.0' in text
+        assert (totals["delivered"], totals["dead_lettered"], totals["retried"]) == (5, 1, 1)
+        assert totals["calls"] == len(rig.ingests())
+        shown = repr(rig.dispatcher)
+        assert "delivered=5," in shown and "dead_lettered=1," in shown and "retried=1," in shown
+
+
 @pytest.mark.parametrize("refusal", [MASKED, DUPLICATE_KEY], ids=["masked", "duplicate-key"])
 @on_virtual_time
 async def test_a_fault_every_record_meets_pauses_the_lane_and_dead_letters_nothing(
@@ -547,7 +570,7 @@ async def test_a_lane_reports_the_age_of_the_newest_record_delivered(tmp_path: P
         await rig.add(["k"], age_s=5.0)  # merges into the first "k"
         await rig.dispatcher.start()
         await until(lambda: rig.totals["delivered"] == 3)
-        assert rig.metrics.records_coalesced.labels(*LANE)._value.get() == 1
+        assert rig.metrics.records_coalesced.labels(*LANE).value == 1
         age = rig.lane_stats()["newest_delivered_age_s"]
         assert isinstance(age, float) and 5.0 <= age <= 5.0 + rig.now() - added_at + 0.01
         await asyncio.sleep(60)

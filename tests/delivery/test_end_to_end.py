@@ -70,7 +70,7 @@ async def test_429s_pause_and_the_rate_recovers(simulator_factory, tmp_path) -> 
         await wait_for(lambda: writer.dispatcher.totals["delivered"] == 1200, timeout=60)
         assert writer.dispatcher.totals["throttled"] >= 1
         assert writer.throttle.rate() < 8.5
-        assert writer.metrics.throttled._value.get() >= 1
+        assert writer.metrics.throttled.value >= 1
     stats = await simulator.stats()
     assert stats["responses_by_status"].get("429", 0) >= 1
     assert len(await simulator.records(SAMPLE)) == 1200
@@ -134,7 +134,7 @@ async def test_expired_session_is_renewed_mid_stream(simulator: SimulatorHandle,
         await simulator.control(expire_sessions=True)
         await post_events(writer.http.url, sample_events(500, start=500))
         await wait_for(lambda: writer.dispatcher.totals["delivered"] == 1000)
-        assert writer.metrics.auth_renewals.labels("session")._value.get() == 2
+        assert writer.metrics.auth_renewals.labels("session").value == 2
     assert len(await simulator.records(SAMPLE)) == 1000
 
 

@@ -200,7 +200,7 @@ async def test_a_partially_stored_collection_is_detected_and_nothing_lost(
         assert lane["collections"] is False
         assert "UUIDs" in lane["collection_fallback"]
         assert stats["totals"]["partial_collections"] >= 1
-        assert writer.metrics.partial_collections.labels(SAMPLE, "Ingest")._value.get() >= 1
+        assert writer.metrics.partial_collections.labels(SAMPLE, "Ingest").value >= 1
     ids = [row["id"] for row in await simulator.records(SAMPLE)]
     assert set(ids) == {e["id"] for e in events}
     assert len(ids) <= 31

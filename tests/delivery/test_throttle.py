@@ -44,7 +44,7 @@ async def test_calls_are_paced_evenly_under_the_limit() -> None:
 
 
 async def test_window_cap_holds_even_if_pacing_asks_for_more() -> None:
-    """The asyncio-throttle window admits at most tps_limit calls per second, whatever the rate."""
+    """The sliding window admits at most tps_limit calls per second, whatever the rate."""
     clock = FakeClock()
     throttle = TenantThrottle(10, headroom=3.0, clock=clock, sleep=clock.sleep)
     stamps = await grants(throttle, clock, 100)
@@ -166,3 +166,32 @@ async def test_concurrent_callers_share_one_budget_in_real_time() -> None:
     await asyncio.gather(*(worker() for _ in range(40)))
     assert max_in_any_window(stamps) <= 40
     assert len(stamps) >= 50  # and the budget was actually used
+
+
+async def test_repr_shows_limit_rate_pause_and_throttle_episodes() -> None:
+    """A throttle's repr says its limit, current rate, pause left and 429 episodes."""
+    clock = FakeClock()
+    throttle = TenantThrottle(20, retry_after_cap_s=5.0, clock=clock, sleep=clock.sleep)
+    assert repr(throttle).startswith("TenantThrottle(limit=20, rate=19.600, paused_for=0.000,")
+    throttle.on_throttled(3.0)
+    shown = repr(throttle)
+    assert "paused_for=3.000" in shown and "throttled_episodes=1" in shown
+
+
+BAD_STATE = [
+    (field, bad)
+    for field in ("limit", "ceiling", "start_rate", "plateau")
+    for bad in ("0", "-1", "nan", "inf", "x")
+] + [("decreased_at", "x")]
+
+
+@pytest.mark.parametrize(("field", "bad"), BAD_STATE)
+def test_shared_rate_state_that_makes_no_sense_is_ignored(field: str, bad: str) -> None:
+    """Rate state read back from Redis with a value no writer publishes (another version,
+    a hand edit) leaves the controller as it was instead of raising into a call."""
+    controller = RateController(20.0)
+    controller.on_throttled(10.0, 15.0)
+    state = controller.export(lambda t: t)
+    before = (controller.limit, controller.ceiling, controller.rate(11.0))
+    controller.adopt({**state, field: bad}, lambda t: t)
+    assert (controller.limit, controller.ceiling, controller.rate(11.0)) == before

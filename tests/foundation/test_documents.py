@@ -9,14 +9,12 @@ from lxml import etree
 
 from campaign_writer.campaign.documents import (
     StagingRecord,
-    build_collection,
-    decode_record,
-    encode_record,
     fragments_document,
     parse_fragment,
     render_fragment,
 )
 from campaign_writer.errors import XmlTextError
+from tests.support.documents import build_collection, decode_record, encode_record
 
 XML_TEXT = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\ufffe\uffff"),

@@ -1,4 +1,5 @@
-"""The metrics module: the batch histogram, independent registries, and the names."""
+"""The metrics module: our histogram and counters export what prometheus_client's would,
+registries are independent, and the names are documented."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import re
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from campaign_writer.metrics import METRIC_NAMES, BatchHistogram, Metrics
+from campaign_writer.metrics import METRIC_NAMES, BatchHistogram, CounterFamily, Metrics
 
 BUCKETS = (0.05, 0.1, 0.25, 1.0, 10.0)
 
@@ -47,6 +48,42 @@ def test_metrics_registries_are_independent() -> None:
     first.throttled.inc()
     assert "campaign_writer_throttled_total 1.0" in first.exposition().decode()
     assert "campaign_writer_throttled_total 0.0" in second.exposition().decode()
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from(["a", "b", 'q"uote\\']), st.integers(0, 1000)), max_size=30)
+)
+def test_counter_family_exports_what_a_prometheus_counter_would(
+    bumps: list[tuple[str, int]],
+) -> None:
+    """Fed the same bumps, CounterFamily and prometheus_client's Counter export the same
+    HELP, TYPE and sample lines, labelled and unlabelled."""
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    family = CounterFamily("things", "doc", ("kind",), ours)
+    plain = CounterFamily("calls", "doc", (), ours)
+    reference = Counter("things", "doc", ("kind",), registry=theirs)
+    plain_reference = Counter("calls", "doc", registry=theirs)
+    for label, amount in bumps:
+        family.labels(label).inc(amount)
+        reference.labels(label).inc(amount)
+        plain.inc(amount)
+        plain_reference.inc(amount)
+    expected = generate_latest(theirs).decode().splitlines()
+    assert generate_latest(ours).decode().splitlines() == expected
+
+
+def test_counter_family_is_the_one_count_stats_read() -> None:
+    """What Prometheus exports is what total(), values() and a label set's value read."""
+    metrics = Metrics()
+    metrics.records_delivered.labels("dem:a", "Ingest").inc(3)
+    metrics.records_delivered.labels("dem:b", "Write").inc(4)
+    assert metrics.records_delivered.total() == 7
+    assert metrics.records_delivered.labels("dem:a", "Ingest").value == 3
+    assert metrics.records_delivered.values() == {("dem:a", "Ingest"): 3, ("dem:b", "Write"): 4}
+    text = metrics.exposition().decode()
+    assert 'campaign_writer_records_delivered_total{method="Write",schema="dem:b"} 4.0' in text
+    with pytest.raises(ValueError, match="takes labels"):
+        metrics.records_delivered.labels("dem:a")
 
 
 def _documented() -> set[str]:

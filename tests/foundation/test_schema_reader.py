@@ -127,6 +127,34 @@ async def test_each_failure_says_its_kind(method: str, reply: object, kind: str)
     assert "pw" not in str(caught.value)
 
 
+# Enumerations named as Campaign's compiled schemas and Adobe's SDK spell them:
+# qualified by the schema's id (for a twin, its source's), besides another schema's.
+QUALIFIED = (
+    '<pdomDoc xsi:type="ns:Element">'
+    '<schema namespace="acme" name="eventStg" xtkschema="xtk:schema">'
+    '<enumeration name="channel" basetype="string"><value name="web" value="web"/></enumeration>'
+    '<enumeration name="kind" basetype="byte"><value name="a" value="1"/></enumeration>'
+    '<element name="eventStg">'
+    '<attribute name="channel" type="string" length="8" enum="acme:event:channel"/>'
+    '<attribute name="kind" type="byte" enum="acme:eventStg:kind"/>'
+    '<attribute name="gender" type="byte" enum="nms:recipient:kind"/>'
+    "</element></schema></pdomDoc>"
+)
+
+
+async def test_qualified_enumeration_names_resolve_in_the_document() -> None:
+    """enum="<schema id>:<name>" (the compiled form) gets the document's values, for the
+    schema's own id and a twin's source; another schema's enumeration gets none."""
+    transport = FakeTransport()
+    transport.script("GetEntityIfMoreRecent", entity(QUALIFIED))
+    async with reader(transport) as schemas:
+        schema = await schemas.read("acme:eventStg")
+    assert schema is not None
+    assert schema.attributes["channel"].enum == ("web",)
+    assert schema.attributes["kind"].enum == ("1",)
+    assert schema.attributes["gender"].enum == ()
+
+
 def test_staging_source_names_a_twins_source() -> None:
     """Only <ns>:<name>Stg names a twin; its source drops the suffix."""
     assert staging_source("nms:recipientStg") == "nms:recipient"

@@ -9,7 +9,7 @@ from urllib.parse import unquote
 import pytest
 from lxml import etree
 
-from campaign_writer.campaign.documents import StagingRecord, build_collection
+from campaign_writer.campaign.documents import StagingRecord
 from campaign_writer.campaign.soap import (
     DEFAULT_URNS,
     LITERAL_XML_NS,
@@ -29,6 +29,7 @@ from campaign_writer.campaign.soap import (
     parse_xml,
 )
 from campaign_writer.errors import AuthError, ResponseError
+from tests.support.documents import build_collection
 
 from . import samples
 

@@ -7,7 +7,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from lxml import etree
 
-from campaign_writer.campaign.documents import StagingRecord, build_entity
+from campaign_writer.campaign.documents import StagingRecord
 from campaign_writer.campaign.xmltext import (
     _FORBIDDEN,
     _NEEDS_WORK,
@@ -18,6 +18,7 @@ from campaign_writer.campaign.xmltext import (
     quote_attribute,
 )
 from campaign_writer.errors import ConfigError, XmlTextError
+from tests.support.documents import build_entity
 
 # Every code point, surrogates included: Python strings can hold lone surrogates
 # (from JSON "\ud800" escapes, for instance), and those must be handled too.

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import orjson
 
-from campaign_writer.campaign.documents import StagingRecord, encode_record
+from campaign_writer.campaign.documents import StagingRecord
 from campaign_writer.queue import QueueItem
 from campaign_writer.queue.file import SQL_SET_TOTALS, SQL_TOTALS, insert_records, open_connection
+from tests.support.documents import encode_record
 
 LANE = "dem:sampleTableStg#Ingest"
 

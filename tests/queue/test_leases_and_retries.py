@@ -332,3 +332,34 @@ def test_insert_records_returns_each_rows_id_whatever_the_chunking(
         connection.close()
     assert ids == list(range(4, 4 + count))
     assert [stored[i] for i in ids] == [item.key for item in new]
+
+
+async def test_repr_shows_depth_leases_and_commits(tmp_path: Path) -> None:
+    """The queue's repr says what it holds: records, leased ones, dead letters, commits."""
+    queue = await DurableQueue.open(tmp_path / "queue.sqlite3")
+    try:
+        await queue.append(items("r", 3))
+        await queue.lease(2)
+        shown = repr(queue)
+        assert "records=3" in shown and "leased=2" in shown and "dead_letters=0" in shown
+    finally:
+        await queue.close()
+    assert repr(queue).endswith("closed>")
+
+
+async def test_open_takes_the_constructor_options_and_refuses_unknown_ones(
+    tmp_path: Path,
+) -> None:
+    """open() passes its options to the constructor as they are; a misspelt one is a
+    TypeError naming it, before any file is touched."""
+    clock = WallClock()
+    queue = await DurableQueue.open(
+        tmp_path / "queue.sqlite3", max_bytes=1 << 20, synchronous="NORMAL", clock=clock
+    )
+    try:
+        assert (queue.max_bytes, queue.synchronous) == (1 << 20, "NORMAL")
+    finally:
+        await queue.close()
+    with pytest.raises(TypeError, match="commit_window_ms"):
+        await DurableQueue.open(tmp_path / "other.sqlite3", commit_window_ms=40)  # type: ignore[call-arg]
+    assert not (tmp_path / "other.sqlite3").exists()

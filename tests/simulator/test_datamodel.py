@@ -6,12 +6,14 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from lxml import etree
 
 from campaign_writer.campaign import soap
 from campaign_writer.campaign.outcome import Ok
 from campaign_writer.errors import ConfigError
 from campaign_writer.simulator.config import load_config
-from campaign_writer.simulator.schemafiles import load_schema_files, parse_schema_xml
+from campaign_writer.simulator.schemafiles import load_schema_files, parse_schema_file
+from campaign_writer.simulator.schemas import Catalog
 
 SCHEMAS = Path(__file__).parent / "schemas"
 ACME = SCHEMAS / "acme-event.xml"
@@ -119,7 +121,52 @@ def test_schema_files_are_relative_to_the_config_file(tmp_path) -> None:
 def test_a_schema_file_that_is_not_a_schema_is_refused(document, message) -> None:
     """Each kind of unusable schema file gets a clear ConfigError naming what is wrong."""
     with pytest.raises(ConfigError, match=message):
-        parse_schema_xml(document, "schema_files: x.xml")
+        parse_schema_file(document, "schema_files: x.xml")
+
+
+def test_a_package_of_schemas_is_loaded_whole() -> None:
+    """A data package as the console exports it (<package><entities schema=
+    "xtk:srcSchema">) gives each schema it holds; other entities are passed over."""
+    (first, second) = parse_schema_file(
+        b'<package><entities schema="nms:recipient"><recipient email="a@b.c"/></entities>'
+        b'<entities schema="xtk:srcSchema">'
+        b'<srcSchema namespace="a" name="b"><element name="b"><attribute name="x"/>'
+        b"</element></srcSchema>"
+        b'<srcSchema namespace="a" name="c"><element name="c" autoStg="true">'
+        b'<attribute name="y" type="long"/></element></srcSchema>'
+        b"</entities></package>",
+        "schema_files: pkg.xml",
+    )
+    assert (first.id, second.id, second.auto_stg) == ("a:b", "a:c", True)
+    with pytest.raises(ConfigError, match="expected a <srcSchema> or <schema> root"):
+        parse_schema_file(b"<package/>", "schema_files: empty.xml")
+
+
+def test_a_qualified_enumeration_in_a_schema_file_keeps_its_values() -> None:
+    """enum="<ns>:<name>:<enum>" (the compiled spelling) finds the file's enumeration, served
+    under its short name; another schema's enumeration keeps the attribute only."""
+    (spec,) = parse_schema_file(
+        b'<schema namespace="a" name="b"><enumeration name="c"><value name="x" value="x"/>'
+        b'</enumeration><element name="b"><attribute name="c" enum="a:b:c"/>'
+        b'<attribute name="g" type="byte" enum="nms:recipient:c"/></element></schema>',
+        "schema_files: b.xml",
+    )
+    channel, gender = spec.attributes
+    assert (channel.enum, channel.enum_name) == (("x",), "c")
+    assert (gender.enum, gender.enum_name) == ((), "")
+
+
+def test_an_enumeration_is_served_once_before_the_element() -> None:
+    """Two attributes sharing an enumeration: the served document lists it once, ahead of
+    the main element, as Campaign's compiled schemas do."""
+    (spec,) = parse_schema_file(
+        b'<srcSchema namespace="a" name="b"><element name="b">'
+        b'<attribute name="home" enum="c"/><attribute name="work" enum="c"/></element>'
+        b'<enumeration name="c"><value name="x" value="x"/></enumeration></srcSchema>',
+        "schema_files: b.xml",
+    )
+    root = etree.fromstring(Catalog((spec,)).get("a:b").xml())
+    assert [child.tag for child in root] == ["enumeration", "element"]
 
 
 async def test_replication_moves_staged_rows_to_their_source(simulator) -> None:
@@ -156,6 +203,23 @@ async def test_replication_runs_on_its_interval(simulator_factory) -> None:
             break
         await asyncio.sleep(0.02)
     assert [r["id"] for r in await simulator.records("dem:sampleTable")] == ["r1"]
+
+
+async def test_a_new_replication_interval_applies_at_once(simulator_factory) -> None:
+    """replicate_interval_s changed at runtime from an hour to 50 ms: rows move without
+    waiting for the hour to run out."""
+    simulator = await simulator_factory(replicate_interval_s=3600.0)
+    await simulator.control(replicate_interval_s=0.05)
+    creds = await simulator.logon()
+    reply = await simulator.write(
+        "Ingest", '<sampleTableStg xtkschema="dem:sampleTableStg" id="r2"/>', creds
+    )
+    assert isinstance(reply.outcome(), Ok)
+    for _ in range(250):
+        if await simulator.records("dem:sampleTable"):
+            break
+        await asyncio.sleep(0.02)
+    assert [r["id"] for r in await simulator.records("dem:sampleTable")] == ["r2"]
 
 
 def test_schema_files_and_replication_are_flags_too() -> None:

@@ -37,6 +37,11 @@ async def test_lines_are_committed_and_bad_lines_dead_lettered_with_their_line(
     assert {letter.event for letter in letters} == set(POISON) - {blank}
     for letter in letters:
         assert letter.headers == {"path": str(path), "line": poison_lines[letter.event]}
+    # Counted once: the stats, the metrics and the repr read the same figures.
+    stats = source.stats()
+    assert stats["accepted"] == 2_000 and stats["dead_lettered"] == len(letters)
+    assert intake.metrics.events_accepted.labels("backfill").value == 2_000
+    assert f"accepted=2000 acked={stats['acked']} dead_lettered={len(letters)}" in repr(source)
 
 
 async def test_follow_reads_lines_appended_later(

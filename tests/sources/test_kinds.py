@@ -42,7 +42,7 @@ class ListSource:
 
     def __init__(self, name: str, events: list[bytes], router: Any, queue: Any) -> None:
         self.name = name
-        self.crashed: BaseException | None = None
+        self.task = None  # it has no long-running task for the supervisor to wait on
         self.events = events
         self.router = router
         self.queue = queue

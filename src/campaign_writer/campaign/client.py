@@ -153,7 +153,7 @@ class CampaignClient:
     ) -> CallResult:
         """Make one call and classify what came back. Never raises for Campaign's answers."""
         request = build_request(method, params, credentials, self.wire)
-        await self.throttle.acquire()
+        await self.throttle.acquire(method)
         started = self._clock()
         status: int | None = None
         try:
@@ -169,9 +169,9 @@ class CampaignClient:
             )
         latency = self._clock() - started
         if isinstance(outcome, Throttled):
-            self.throttle.on_throttled(outcome.retry_after)
+            self.throttle.on_throttled(outcome.retry_after, method)
         elif status is not None:
-            self.throttle.on_accepted()
+            self.throttle.on_accepted(method)
         if status is not None:
             self.last_response_at = time.monotonic()
         if self.metrics is not None:

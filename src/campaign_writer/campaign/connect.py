@@ -3,8 +3,9 @@
 ``validate --remote`` and ``scaffold --remote`` need what the daemon wires for delivery
 -- a transport, the tenant throttle, a client and the configured authentication --
 for a handful of schema reads. :func:`schema_reader` opens them as the daemon does
-(same TLS policy, same wire options, same auth mode), yields a
-:class:`~.schemas.SchemaReader`, and closes everything (logging off) at the end.
+(same TLS policy, same wire options, same auth mode, the shared tenant budget if one
+is set), yields a :class:`~.schemas.SchemaReader`, and closes everything (logging off)
+at the end.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import AuthError
 from ..throttle import TenantThrottle
+from ..throttle.budget import SharedBudget
 from .auth import create_authenticator
 from .client import CampaignClient
 from .schemas import SchemaLookupError, SchemaReader
@@ -36,11 +38,17 @@ async def schema_reader(campaign: CampaignConfig, timeout_s: float) -> AsyncIter
         max_connections=4,
     )
     await transport.start()
+    budget = None
     try:
+        if campaign.budget.redis_url:
+            # Writers sharing the tenant's budget count these calls too: take their times
+            # from the same schedule in Redis (or a share of the limit if it is lost).
+            budget = SharedBudget(campaign.budget.redis_url, campaign.budget.name)
+            await budget.start()
         client = CampaignClient(
             campaign.url,
             transport,
-            TenantThrottle(campaign.tps_limit),
+            TenantThrottle(campaign.tps_limit, budget=budget),
             wire=campaign.wire,
             max_response_bytes=campaign.max_response_bytes,
         )
@@ -55,3 +63,5 @@ async def schema_reader(campaign: CampaignConfig, timeout_s: float) -> AsyncIter
                 await auth.close()
     finally:
         await transport.close()
+        if budget is not None:
+            await budget.close()

@@ -21,7 +21,7 @@ builder and incremental writer; string building was the fastest correct one.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import NamedTuple
 
 from .xmltext import quote_attribute
@@ -29,12 +29,7 @@ from .xmltext import quote_attribute
 __all__ = [
     "OPERATIONS",
     "StagingRecord",
-    "build_collection",
-    "build_document",
-    "build_entity",
-    "decode_record",
     "element_name",
-    "encode_record",
     "fragments_document",
     "parse_fragment",
     "render_fragment",
@@ -98,15 +93,6 @@ def parse_fragment(fragment: str) -> StagingRecord:
     return StagingRecord(attrs, operation, key)
 
 
-def encode_record(record: StagingRecord) -> bytes:
-    """The queue's on-disk form of a record: its rendered fragment, UTF-8."""
-    return render_fragment(record.attrs, record.operation, record.key).encode()
-
-
-def decode_record(data: bytes) -> StagingRecord:
-    return parse_fragment(data.decode())
-
-
 def element_name(schema_id: str) -> str:
     """The entity element of a schema: ``dem:sampleTableStg`` gives ``sampleTableStg``."""
     return schema_id.rpartition(":")[2]
@@ -127,28 +113,3 @@ def fragments_document(schema_id: str, fragments: list[str], *, collection: bool
         if fragments
         else f'<{root} xtkschema="{schema_id}"></{root}>'
     )
-
-
-def build_entity(schema_id: str, record: StagingRecord) -> str:
-    """A one-entity document whose root carries ``xtkschema``."""
-    fragment = render_fragment(record.attrs, record.operation, record.key)
-    return fragments_document(schema_id, [fragment], collection=False)
-
-
-def build_collection(schema_id: str, records: Iterable[StagingRecord]) -> str:
-    """A ``<element>-collection`` document.
-
-    Names in ``schema_id`` and attribute names were checked as XML names when the
-    config loaded; values are escaped here and refused if XML cannot carry them.
-    """
-    fragments = [render_fragment(r.attrs, r.operation, r.key) for r in records]
-    return fragments_document(schema_id, fragments, collection=True)
-
-
-def build_document(schema_id: str, records: list[StagingRecord], *, collection: bool) -> str:
-    """One entity when ``collection`` is false (exactly one record), else a collection."""
-    if collection:
-        return build_collection(schema_id, records)
-    if len(records) != 1:
-        raise ValueError(f"a single-entity document holds one record, not {len(records)}")
-    return build_entity(schema_id, records[0])

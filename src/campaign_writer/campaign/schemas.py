@@ -31,6 +31,7 @@ from lxml import etree
 from ..errors import AuthError, CampaignWriterError, TransportError
 from .codes import INVALID_LOGIN, IP_NOT_ALLOWED
 from .outcome import AuthExpired, Fatal, Ok, Reject, Retry, Throttled
+from .schemaxml import children, enumeration_values, enumerations, is_true, key_fields, main_element
 from .soap import Credentials, SoapResponse
 
 __all__ = [
@@ -44,7 +45,6 @@ __all__ = [
 ]
 
 LookupKind = Literal["unreachable", "auth", "refused"]
-_TRUE = frozenset({"true", "1", "yes"})
 # Fatal answers that mean the credentials, not the lookup, were refused; and those that
 # mean the URL reaches no Campaign at all.
 _AUTH_CODES = frozenset(
@@ -88,54 +88,36 @@ def staging_source(schema_id: str) -> str | None:
     return None
 
 
-def _local(node: etree._Element) -> str:
-    return etree.QName(node).localname if isinstance(node.tag, str) else ""
-
-
-def _children(node: etree._Element, name: str) -> list[etree._Element]:
-    return [child for child in node if _local(child) == name]
-
-
-def _key(element: etree._Element) -> tuple[str, ...]:
-    keys = _children(element, "key")
-    if not keys:
-        return ()
-    chosen = next((k for k in keys if k.get("internal", "").lower() in _TRUE), keys[0])
-    xpaths = [f.get("xpath", "") for f in _children(chosen, "keyfield")]
-    return tuple(xpath[1:] for xpath in xpaths if xpath.startswith("@"))
-
-
 def parse_schema(schema_id: str, root: etree._Element) -> InstanceSchema:
     """The parts of a compiled ``<schema>`` a route is checked against.
 
     The main element is the one named like the schema (else the first); only its
     own ``<attribute>`` children count, since a staging record is flat. An
-    ``enum`` naming an enumeration of this document gets its values; one of
-    another schema keeps the attribute without values.
+    ``enum`` naming an enumeration of this document (short, or qualified by this
+    schema's id or, for a twin, its source's) gets its values; one of another
+    schema keeps the attribute without values.
     """
-    name = schema_id.partition(":")[2]
-    elements = _children(root, "element")
-    main = next((e for e in elements if e.get("name") == name), elements[0] if elements else None)
-    enumerations: dict[str, tuple[str, ...]] = {}
-    for enumeration in _children(root, "enumeration"):
-        values = (v.get("value", v.get("name", "")) for v in _children(enumeration, "value"))
-        enumerations[enumeration.get("name", "")] = tuple(v for v in values if v)
+    main = main_element(root, schema_id.partition(":")[2])
+    if main is None:
+        return InstanceSchema(schema_id, root.get("label", ""))
+    source = staging_source(schema_id)
+    owners = (schema_id,) if source is None else (schema_id, source)
+    found = enumerations(root)
     attributes: dict[str, SchemaAttribute] = {}
-    if main is not None:
-        for node in _children(main, "attribute"):
-            raw_length = node.get("length", "")
-            attributes[node.get("name", "")] = SchemaAttribute(
-                node.get("name", ""),
-                node.get("type", "string"),
-                int(raw_length) if raw_length.isdigit() else None,
-                enumerations.get(node.get("enum", ""), ()),
-            )
+    for node in children(main, "attribute"):
+        raw_length = node.get("length", "")
+        attributes[node.get("name", "")] = SchemaAttribute(
+            node.get("name", ""),
+            node.get("type", "string"),
+            int(raw_length) if raw_length.isdigit() else None,
+            enumeration_values(found, node.get("enum", ""), owners),
+        )
     return InstanceSchema(
         schema_id,
         root.get("label", ""),
         MappingProxyType(attributes),
-        _key(main) if main is not None else (),
-        main is not None and main.get("autoStg", "").lower() in _TRUE,
+        key_fields(main),
+        is_true(main.get("autoStg")),
     )
 
 

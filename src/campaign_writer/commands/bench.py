@@ -1,26 +1,27 @@
-"""``campaign-writer bench``: the benchmark harness, run from a source checkout.
+"""``campaign-writer bench``: a thin launcher of ``python -m bench`` in a source checkout.
 
 The harness is the ``bench`` package at the root of the repository (next to
 ``src/``), not part of the installed package: it drives the simulator, the writer
 and its peers (one of them needs Node.js) as separate processes and writes
-``bench/results/<timestamp>/``. This command finds that package relative to this
-file (an editable install from a checkout, as ``make install`` does) or in the
-current directory, and says so clearly when neither has it.
+``bench/results/<timestamp>/``. This command finds the checkout relative to this
+file (an editable install, as ``make install`` does) or in the current directory,
+says so clearly when neither has it, and otherwise runs ``python -m bench`` there as
+a child process with the same arguments. The installed package never imports the
+harness: the harness imports the package, not the other way round.
 
-The arguments are defined here, not in the harness, so that building the CLI
-never imports the harness (``campaign-writer run`` must not depend on it).
+The arguments are defined here (the harness's ``python -m bench`` uses
+:func:`configure` too), so that ``campaign-writer bench --help`` and a misspelt
+scenario are answered without a checkout.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import subprocess
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
-__all__ = ["HELP", "SCENARIOS", "configure", "execute", "find_harness"]
+__all__ = ["HELP", "SCENARIOS", "configure", "execute", "find_harness", "harness_argv"]
 
 HELP = "Run the benchmark scenarios against the simulator (from a source checkout)."
 
@@ -102,17 +103,34 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def execute(args: argparse.Namespace) -> Coroutine[Any, Any, int] | int:
+def harness_argv(args: argparse.Namespace) -> list[str]:
+    """The arguments for ``python -m bench`` that say what ``args`` say (a relative
+    ``--output`` made absolute, since the harness runs in the checkout)."""
+    argv: list[str] = []
+    if args.mode is not None:
+        argv.append(f"--{args.mode}")
+    if args.repeats is not None:
+        argv += ["--repeats", str(args.repeats)]
+    argv += ["--peers", args.peers, "--scale", repr(args.scale)]
+    if args.output is not None:
+        argv += ["--output", str(Path(args.output).resolve())]
+    if not args.plots:
+        argv.append("--no-plots")
+    if args.list:
+        argv.append("--list")
+    return [*argv, *args.scenarios]
+
+
+def execute(args: argparse.Namespace) -> int:
+    unknown = [name for name in args.scenarios if name not in SCENARIOS]
+    if unknown:
+        raise SystemExit(
+            f"unknown scenario(s): {', '.join(unknown)}; known: {', '.join(SCENARIOS)}"
+        )
     root = find_harness()
     if root is None:
         here = Path(__file__).resolve().parent
         print(MISSING.format(here=here, cwd=Path.cwd()), file=sys.stderr)
         return 2
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    runner = importlib.import_module("bench.runner")
-    if args.list:
-        print(runner.listing())
-        return 0
-    coroutine: Coroutine[Any, Any, int] = runner.run(runner.options_from(args, root))
-    return coroutine
+    command = [sys.executable, "-m", "bench", *harness_argv(args)]
+    return subprocess.run(command, cwd=root, check=False).returncode

@@ -129,6 +129,13 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         try:
             await daemon.start()
+        except ConfigError as exc:
+            # Several problems (campaign.check_schemas gives one per route and field):
+            # one line each, as a config file's problems are printed.
+            print("campaign-writer: cannot start:", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  {problem}", file=sys.stderr)
+            return 1
         except CampaignWriterError as exc:
             print(f"campaign-writer: cannot start: {exc}", file=sys.stderr)
             return 1

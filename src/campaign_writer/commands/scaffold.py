@@ -2,10 +2,10 @@
 
 The schema comes from the instance (``--remote``, with ``--config`` for its URL and
 auth; reads only) or from an XML file (``--file``: an ``xtk:srcSchema`` or
-``xtk:schema`` as the console exports it). ``SCHEMA`` may name the staging twin of
-the file's schema (``acme:eventStg`` for a file holding ``acme:event`` with
-``autoStg``). Exit codes: 0 printed, 1 no such schema or an unusable file, 2 Campaign
-out of reach or refusing the credentials.
+``xtk:schema``, or a data package of them as the console exports it). ``SCHEMA`` may
+name the staging twin of the file's schema (``acme:eventStg`` for a file holding
+``acme:event`` with ``autoStg``). Exit codes: 0 printed, 1 no such schema or an
+unusable file, 2 Campaign out of reach or refusing the credentials.
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ if TYPE_CHECKING:
 
 __all__ = ["HELP", "configure", "execute"]
 
-HELP = "Print a TOML route for a schema, read from the instance (--remote) or a file (--file)."
+HELP = (
+    "Print a TOML route for a schema, read from the instance (--remote) or a file (--file);"
+    " exit 1 if there is no such schema, 2 if Campaign cannot be reached."
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +56,7 @@ def _fail(message: str, code: int) -> int:
 
 
 def _print(schema: InstanceSchema, origin: str) -> int:
-    from ..scaffold import scaffold_route
+    from ..datamodel.scaffold import scaffold_route
 
     sys.stdout.write(scaffold_route(schema, origin))
     return 0
@@ -62,21 +65,26 @@ def _print(schema: InstanceSchema, origin: str) -> int:
 def _from_file(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from lxml import etree
-
     from ..campaign.schemas import parse_schema
+    from ..campaign.schemaxml import MAX_SCHEMA_FILE_BYTES, schema_documents
     from ..campaign.soap import parse_xml
     from ..errors import ResponseError
 
     try:
-        root = parse_xml(Path(args.file).read_bytes(), 8 * 1024 * 1024)
+        document = parse_xml(Path(args.file).read_bytes(), MAX_SCHEMA_FILE_BYTES)
     except (OSError, ResponseError) as exc:
         return _fail(f"{args.file}: {exc}", 1)
-    if etree.QName(root).localname not in ("srcSchema", "schema"):
-        return _fail(f"{args.file}: not an exported schema (<srcSchema> or <schema>)", 1)
-    file_id = f"{root.get('namespace', '')}:{root.get('name', '')}"
-    if args.schema not in (file_id, f"{file_id}Stg"):
-        return _fail(f"{args.file} holds {file_id}, not {args.schema}", 1)
+    held = {f"{d.get('namespace', '')}:{d.get('name', '')}": d for d in schema_documents(document)}
+    if not held:
+        return _fail(
+            f"{args.file}: not an exported schema (<srcSchema> or <schema>, or a <package>"
+            " of them)",
+            1,
+        )
+    file_id = args.schema if args.schema in held else args.schema.removesuffix("Stg")
+    root = held.get(file_id)
+    if root is None:
+        return _fail(f"{args.file} holds {', '.join(held)}, not {args.schema}", 1)
     schema = parse_schema(file_id, root)
     if args.schema != file_id:
         if not schema.auto_stg:

@@ -59,7 +59,8 @@ config file (--config): TOML, keys as the field names, at top level or under [si
   [[users]] login/password/schemas, [[ims_clients]] client_id/client_secret/schemas,
   [[schedule]] kind/start_s/end_s/rate (seconds from start), [schemas."ns:name"] with
   attributes = {name = {type, length}}, keys = [...], auto_stg = true;
-  schema_files = ["x.xml"]: xtk:srcSchema / xtk:schema files as exported from an instance.
+  schema_files = ["x.xml"]: xtk:srcSchema / xtk:schema files (or packages of them) as
+  exported from an instance.
   Built-in schemas: dem:sampleTable(+Stg), nms:recipient(+Stg), nms:subscriptionRcp(+Stg),
   nms:appSubscriptionRcp(+Stg).
 """

@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ..queue import QueueStats
 
-__all__ = ["HELP", "add_queue_arguments", "configure", "execute", "queue_location"]
+__all__ = [
+    "HELP",
+    "add_queue_arguments",
+    "configure",
+    "execute",
+    "format_age",
+    "format_size",
+    "queue_location",
+]
 
 HELP = "Show the local queue: depth, bytes, oldest event age, dead letters by reason."
 
@@ -42,7 +50,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def _size(count: int) -> str:
+def format_size(count: int) -> str:
+    """A byte count in B, KiB, MiB or GiB (status and top show sizes alike)."""
     value = float(count)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if value < 1024 or unit == "GiB":
@@ -51,7 +60,8 @@ def _size(count: int) -> str:
     return f"{count} B"
 
 
-def _age(seconds: float | None) -> str:
+def format_age(seconds: float | None) -> str:
+    """Seconds as s, min or h; "-" for none (status and top show ages alike)."""
     if seconds is None:
         return "-"
     if seconds < 120:
@@ -69,13 +79,13 @@ def render(path: Path, stats: QueueStats) -> None:
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
     table.add_row("records waiting", f"{stats.depth:,}")
-    table.add_row("bytes", _size(stats.bytes))
-    table.add_row("oldest event age", _age(stats.oldest_age_s))
+    table.add_row("bytes", format_size(stats.bytes))
+    table.add_row("oldest event age", format_age(stats.oldest_age_s))
     table.add_row("dead letters", f"{stats.dead_letters:,}")
-    table.add_row("dead-letter bytes", _size(stats.dead_letter_bytes))
+    table.add_row("dead-letter bytes", format_size(stats.dead_letter_bytes))
     if stats.max_bytes:
         share = 100.0 * stats.used_bytes / stats.max_bytes
-        table.add_row("used of queue.max_bytes", f"{share:.1f}% of {_size(stats.max_bytes)}")
+        table.add_row("used of queue.max_bytes", f"{share:.1f}% of {format_size(stats.max_bytes)}")
     console = Console()
     console.print(table)
     if stats.dead_letters_by_reason:

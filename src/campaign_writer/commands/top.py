@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .status import _age, _size
+from .status import format_age, format_size
 
 if TYPE_CHECKING:
     import aiohttp
@@ -175,7 +175,7 @@ def render(frame: Frame) -> RenderableType:
     for _ in range(4):
         head.add_column()
     head.add_row(
-        f"uptime {_age(stats.get('uptime_s'))}",
+        f"uptime {format_age(stats.get('uptime_s'))}",
         "ready " + _state(not problems, "yes" if not problems else "; ".join(problems)),
         f"auth {_plain(auth.get('mode', '-'))} "
         + _state(bool(auth.get("ready")), "ok" if auth.get("ready") else "not yet"),
@@ -209,7 +209,7 @@ def render(frame: Frame) -> RenderableType:
         f"{campaign.get('tps_limit', 0):g}",
         frame.rate("campaign_writer_throttled_total"),
         str(totals.get("throttled", 0)),
-        _age(delivery.get("paused_for_s")) if delivery.get("paused_for_s") else "no",
+        format_age(delivery.get("paused_for_s")) if delivery.get("paused_for_s") else "no",
         f"{delivery.get('in_flight', 0)} / {delivery.get('in_flight_limit', 0)}",
         frame.rate("campaign_writer_records_dead_lettered_total"),
     )
@@ -222,9 +222,9 @@ def render(frame: Frame) -> RenderableType:
     store.add_row(
         f"{queue.get('depth', 0):,}",
         f"{queue.get('leased', 0):,}",
-        _size(queue.get("bytes") or 0),
-        _size(queue["max_bytes"]) if queue.get("max_bytes") else "-",
-        _age(queue.get("oldest_age_s")),
+        format_size(queue.get("bytes") or 0),
+        format_size(queue["max_bytes"]) if queue.get("max_bytes") else "-",
+        format_age(queue.get("oldest_age_s")),
         f"{queue.get('dead_letters', 0):,}" + (f" ({_plain(reasons[:60])})" if reasons else ""),
     )
 

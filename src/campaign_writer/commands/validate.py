@@ -5,7 +5,7 @@ came from: the file, a ``CAMPAIGN_WRITER__*`` variable, ``--set``, or the defaul
 
 With ``--remote`` it also logs on to the configured instance, reads every route's
 target schema (never writing anything) and checks each route and field against it
-(:mod:`campaign_writer.schemacheck`). Exit codes: 0 when the config is valid (warnings
+(:mod:`campaign_writer.datamodel.check`). Exit codes: 0 when the config is valid (warnings
 allowed), 1 on any error, 2 when Campaign cannot be reached or refuses the
 credentials. ``--json`` prints one JSON object instead of the lines.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -72,10 +72,8 @@ def execute(args: argparse.Namespace) -> int | Coroutine[Any, Any, int]:
         return 0
     routes = ", ".join(f"{r.name} -> {r.schema} ({r.method})" for r in config.routes)
     print(f"{args.config}: OK")
-    print(
-        f"  campaign  {config.campaign.url} (auth {config.campaign.auth.mode}, "
-        f"tps_limit {config.campaign.tps_limit:g})"
-    )
+    tps = "auto" if config.campaign.auto_limit else f"{config.campaign.tps_limit:g}"
+    print(f"  campaign  {config.campaign.url} (auth {config.campaign.auth.mode}, tps_limit {tps})")
     print(
         f"  intake    http://{config.http.listen}/v1/events"
         f"{' (token required)' if config.http.token else ''}"
@@ -97,19 +95,50 @@ def execute(args: argparse.Namespace) -> int | Coroutine[Any, Any, int]:
 
 
 def value_lines(config: Config, origins: Origins) -> list[str]:
-    """``path = value  (origin)`` for every key given or defaulted; secrets masked."""
+    """``path = value  (origin)`` for every key given or defaulted; secrets masked: those
+    of a secret's key, and any value holding a secret the config read under another name
+    (a broker URL with its password, a Kafka SASL password)."""
     from ..settings import SECRET_KEYS
 
+    secrets = _secrets_in(config)
     lines = []
     for path, origin in origins.entries():
+        value = _lookup(config, path) if origin == "default" else origins.values.get(path)
         if path.rpartition(".")[2] in SECRET_KEYS:
             shown = "(none)" if origin == "default" else "(secret)"
-        elif origin == "default":
-            shown = _show(_lookup(config, path))
+        elif _shows_secret(str(value), secrets):
+            shown = "(secret)"
         else:
-            shown = _show(origins.values.get(path))
+            shown = _show(value)
         lines.append(f"{path} = {shown}  ({origin})")
     return lines
+
+
+def _shows_secret(text: str, secrets: set[str]) -> bool:
+    """Whether ``text`` is a secret, or holds one long enough not to be an ordinary word."""
+    return any(text == secret or (len(secret) >= 6 and secret in text) for secret in secrets)
+
+
+def _secrets_in(node: Any, found: set[str] | None = None) -> set[str]:
+    """The value of every Secret in a parsed config (dataclasses, mappings, sequences)."""
+    from dataclasses import fields, is_dataclass
+
+    from ..logs import Secret
+
+    found = set() if found is None else found
+    if isinstance(node, Secret):
+        if node.reveal():
+            found.add(node.reveal())
+    elif is_dataclass(node) and not isinstance(node, type):
+        for item in fields(node):
+            _secrets_in(getattr(node, item.name), found)
+    elif isinstance(node, Mapping):
+        for item in node.values():
+            _secrets_in(item, found)
+    elif isinstance(node, list | tuple | set | frozenset):
+        for item in node:
+            _secrets_in(item, found)
+    return found
 
 
 _MISSING = object()
@@ -172,7 +201,7 @@ def _print_json(data: dict[str, Any]) -> None:
 async def _remote(args: argparse.Namespace, config: Config) -> int:
     from ..campaign.connect import schema_reader
     from ..campaign.schemas import SchemaLookupError
-    from ..schemacheck import check_routes, read_schemas, report
+    from ..datamodel.check import check_routes, read_schemas, report
 
     try:
         async with schema_reader(config.campaign, config.sender.timeout_s) as reader:

@@ -12,19 +12,19 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from queue import SimpleQueue
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Literal, TypedDict, TypeVar, Unpack
 
 from ..errors import CampaignWriterError, QueueError
 from ..records import Leased, QueueItem, RawDeadLetter, RecordDeadLetter
 from ..wakeup import Wakeup
 from .file import Snapshot
-from .jobs import AckJob, AppendJob, CloseJob, DeadLetterJob, Job, LeaseJob, RetryJob
+from .jobs import AckJob, AppendJob, CloseJob, DeadLetterJob, Job, LeaseJob, RetryJob, StateJob
 from .stats import QueueStats, stats_of
 from .tail import Tail
 from .window import GroupCommit
 from .worker import Worker
 
-__all__ = ["DEFAULT_MAX_BYTES", "RESUME_FRACTION", "DurableQueue"]
+__all__ = ["DEFAULT_MAX_BYTES", "RESUME_FRACTION", "DurableQueue", "QueueOptions"]
 
 DEFAULT_MAX_BYTES: Final = 1024**3
 RESUME_FRACTION: Final = 0.95  # wait_for_space wakes once usage is below this share
@@ -53,23 +53,28 @@ def _drop_lock(fd: int) -> None:
     os.close(fd)
 
 
+class QueueOptions(TypedDict, total=False):
+    """How a :class:`DurableQueue` runs, for its constructor and :meth:`~DurableQueue.open`
+    alike; a key left out takes the default named beside it."""
+
+    max_bytes: int  # DEFAULT_MAX_BYTES: records and dead letters together
+    synchronous: Literal["FULL", "NORMAL"]  # "FULL"
+    commit_window_s: float  # 0.0: an append never waits for others to share its commit
+    clock: Callable[[], float]  # time.time: the wall clock of retry_at and intake times
+
+
 class DurableQueue:
     """The queue's asyncio face; every statement runs in the queue's own thread."""
 
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        synchronous: Literal["FULL", "NORMAL"] = "FULL",
-        commit_window_s: float = 0.0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, path: str | Path, **options: Unpack[QueueOptions]) -> None:
+        unknown = options.keys() - QueueOptions.__optional_keys__
+        if unknown:  # a caller mypy does not check, with a misspelt option
+            raise TypeError(f"DurableQueue: unknown options {sorted(unknown)}")
         self.path = Path(path)
-        self.max_bytes = max_bytes
-        self.synchronous = synchronous
-        self.grouping = GroupCommit(commit_window_s)
-        self._clock = clock
+        self.max_bytes = options.get("max_bytes", DEFAULT_MAX_BYTES)
+        self.synchronous: Literal["FULL", "NORMAL"] = options.get("synchronous", "FULL")
+        self.grouping = GroupCommit(options.get("commit_window_s", 0.0))
+        self._clock = options.get("clock", time.time)
         self._jobs: SimpleQueue[Job[Any]] = SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -87,26 +92,9 @@ class DurableQueue:
         self._closed = True
 
     @classmethod
-    async def open(
-        cls,
-        path: str | Path,
-        *,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        synchronous: Literal["FULL", "NORMAL"] = "FULL",
-        commit_window_s: float = 0.0,
-        clock: Callable[[], float] = time.time,
-    ) -> DurableQueue:
-        """Open (or create) the queue file, checking it; a crashed run's leases are free.
-
-        ``commit_window_s`` is how long an append may wait for others to share its
-        commit (0: never waits)."""
-        queue = cls(
-            path,
-            max_bytes=max_bytes,
-            synchronous=synchronous,
-            commit_window_s=commit_window_s,
-            clock=clock,
-        )
+    async def open(cls, path: str | Path, **options: Unpack[QueueOptions]) -> DurableQueue:
+        """Open (or create) the queue file, checking it; a crashed run's leases are free."""
+        queue = cls(path, **options)
         await queue._start()
         return queue
 
@@ -341,6 +329,14 @@ class DurableQueue:
             for entry in entries:
                 self._leased.pop(entry[0], None)
 
+    async def remember(self, name: str, value: str) -> None:
+        """Keep a small named value in the file (the learned tps limit), for the next run."""
+        await self._submit(StateJob(name, value))
+
+    async def recall(self, name: str) -> str | None:
+        """A value :meth:`remember` kept, or None."""
+        return await self._submit(StateJob(name, None))
+
     async def wait_for_records(self, timeout: float) -> bool:
         """Wait for new records or a retry coming due; False when ``timeout`` passes first."""
         assert self._loop is not None
@@ -380,6 +376,16 @@ class DurableQueue:
             "window_waits": grouping.waits,
             "window_joined": grouping.joined,
         }
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"<DurableQueue {self.path} closed>"
+        snapshot = self._snapshot
+        return (
+            f"<DurableQueue {self.path}: records={snapshot.records}"
+            f" bytes={snapshot.record_bytes} leased={len(self._leased)}"
+            f" dead_letters={snapshot.dead_letters} commits={self.commits}>"
+        )
 
     def stats(self) -> QueueStats:
         """Depth, bytes, oldest age, dead letters by reason (code), as of the last commit."""

@@ -27,6 +27,7 @@ __all__ = [
     "LeaseJob",
     "LeaseRows",
     "RetryJob",
+    "StateJob",
 ]
 
 ResultT = TypeVar("ResultT")
@@ -110,6 +111,15 @@ class LeaseJob(Job[LeaseRows]):
     due_ids: list[int]
     cursor: int
     limit: int
+
+
+@dataclass(eq=False, slots=True)
+class StateJob(Job[str | None]):
+    """Set a row of the state table (unless ``value`` is None); result: its value."""
+
+    writes: ClassVar[bool] = True
+    name: str
+    value: str | None
 
 
 @dataclass(eq=False, slots=True)

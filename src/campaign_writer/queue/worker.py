@@ -47,6 +47,7 @@ from .jobs import (
     LeaseJob,
     LeaseRows,
     RetryJob,
+    StateJob,
 )
 from .window import MAX_JOBS_PER_COMMIT, GroupCommit, ends_window, gather
 
@@ -290,6 +291,8 @@ class Worker:
                         job.result = self._retry(conn, job)
                     case DeadLetterJob():
                         job.result = self._dead_letter(conn, totals, codes, job)
+                    case StateJob():
+                        job.result = self._state(conn, job)
                     case _:
                         raise TypeError(f"not a write: {job!r}")
             except _Refused as refused:
@@ -332,6 +335,13 @@ class Worker:
             for raw in raws:
                 codes[raw.code] = codes.get(raw.code, 0) + 1
         return Appended(ids, sizes)
+
+    def _state(self, conn: sqlite3.Connection, job: StateJob) -> str | None:
+        if job.value is not None:
+            conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (job.name, job.value))
+            return job.value
+        row = conn.execute("SELECT value FROM state WHERE name = ?", (job.name,)).fetchone()
+        return None if row is None else str(row[0])
 
     def _ack(self, conn: sqlite3.Connection, totals: list[int], job: AckJob) -> int:
         """Delete delivered records. ``job.size`` is their total, known from the lease; when

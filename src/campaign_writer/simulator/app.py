@@ -75,6 +75,8 @@ _PRE_PROCESS = frozenset(
         "badlogin",
     }
 )
+# How often the replication timer looks at replicate_interval_s (seconds).
+_REPLICATION_TICK_S = 0.25
 _REASONS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 
 
@@ -137,14 +139,24 @@ class Simulator:
         log.info("simulator started", extra={"url": self.url, "tps_limit": config.tps_limit})
 
     async def _replicate(self) -> None:
-        """Run the staging replication every ``replicate_interval_s`` (a runtime knob)."""
+        """Run the staging replication every ``replicate_interval_s`` (a runtime knob).
+
+        It looks at the knob every :data:`_REPLICATION_TICK_S`, so a new interval set
+        through ``/__sim/control`` applies at once, not after the old one has run out.
+        """
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while not self._closing.is_set():
             interval = self.config.replicate_interval_s
-            try:
-                await asyncio.wait_for(self._closing.wait(), interval or 1.0)
-            except TimeoutError:
-                if interval > 0 and self.config.replicate_interval_s > 0:
-                    self.tenant.replicate()
+            wait = _REPLICATION_TICK_S if interval <= 0 else min(interval, _REPLICATION_TICK_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), wait)
+            interval = self.config.replicate_interval_s
+            if interval <= 0:
+                last = loop.time()  # the interval counts from when it was set
+            elif loop.time() - last >= interval and not self._closing.is_set():
+                self.tenant.replicate()
+                last = loop.time()
 
     async def close(self) -> None:
         self._closing.set()  # releases calls held open by 'timeout' faults

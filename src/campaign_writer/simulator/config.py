@@ -38,8 +38,8 @@ file can also configure a writer. Tables and arrays::
     attributes = { eventId = { type = "string", length = 64 }, at = { type = "datetime" } }
 
 ``schema_files = ["acme-event.xml"]`` adds schemas from XML files as an instance
-exports them (``xtk:srcSchema`` or ``xtk:schema``; see :mod:`.schemafiles`); a
-relative path is relative to the TOML file.
+exports them (``xtk:srcSchema`` or ``xtk:schema``, or a data package of them; see
+:mod:`.schemafiles`); a relative path is relative to the TOML file.
 """
 
 from __future__ import annotations
@@ -269,7 +269,8 @@ class SimulatorConfig:
     )
     schema_files: tuple[str, ...] = _knob(
         (),
-        "xtk:srcSchema or xtk:schema XML files (as exported from an instance) to serve"
+        "xtk:srcSchema or xtk:schema XML files, or packages of them (as exported from an"
+        " instance), to serve"
         " besides the built-in schemas, comma-separated",
         kind="files",
         runtime=False,

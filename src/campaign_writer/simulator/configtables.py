@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..campaign.xmltext import check_name, check_qualified_name
+from lxml import etree
+
 from ..errors import ConfigError
 from .faults import WINDOW_KINDS, FaultWindow
 from .schemas import AttributeSpec, SchemaSpec
@@ -57,6 +58,31 @@ def windows(path: str, value: object) -> tuple[FaultWindow, ...]:
             raise ConfigError(f"{here}: start_s, end_s and rate must be numbers") from None
         found.append(window)
     return tuple(found)
+
+
+def _is_xml_name(name: str) -> bool:
+    # An element name without a prefix: what lxml accepts as a tag (its own check,
+    # not the writer's), so a schema the simulator takes can be written as XML.
+    try:
+        etree.Element(name)
+    except ValueError:
+        return False
+    return True
+
+
+def check_name(name: str, path: str) -> str:
+    """``name`` if it is an XML name without a colon; else ConfigError naming ``path``."""
+    if not _is_xml_name(name):
+        raise ConfigError(f"{path}: {name!r} is not a valid XML name")
+    return name
+
+
+def check_qualified_name(name: str, path: str) -> str:
+    """``name`` if it is a ``namespace:name`` schema id; else ConfigError naming ``path``."""
+    namespace, colon, local = name.partition(":")
+    if not (colon and _is_xml_name(namespace) and _is_xml_name(local)):
+        raise ConfigError(f"{path}: {name!r} is not a schema id of the form 'namespace:name'")
+    return name
 
 
 def schema_specs(path: str, value: object) -> tuple[SchemaSpec, ...]:

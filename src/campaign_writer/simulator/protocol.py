@@ -32,9 +32,15 @@ from xml.sax.saxutils import escape, quoteattr
 
 from lxml import etree
 
-from ..campaign.soap import ENCODING_NS, LITERAL_XML_NS, SOAP_ENV_NS, parse_xml
-from ..errors import ResponseError
 from .faults import SimFault
+from .xmlread import (
+    ENCODING_NS,
+    LITERAL_XML_NS,
+    SOAP12_ENV_NS,
+    SOAP_ENV_NS,
+    UnreadableXml,
+    read_xml,
+)
 
 __all__ = [
     "SESSION_METHODS",
@@ -49,7 +55,6 @@ __all__ = [
     "user_info",
 ]
 
-SOAP12_ENV_NS = "http://www.w3.org/2003/05/soap-envelope"
 _ENVELOPES = (f"{{{SOAP_ENV_NS}}}Envelope", f"{{{SOAP12_ENV_NS}}}Envelope")
 
 SESSION_METHODS = frozenset({"Logon", "BearerTokenLogon", "Logoff", "GetUserInfo"})
@@ -131,10 +136,10 @@ def parse_call(
     query: Mapping[str, str],
     max_bytes: int,
 ) -> Call:
-    """Parse one request with the hardened parser; a body that is not SOAP is a Client fault."""
+    """Parse one request (:func:`~.xmlread.read_xml`); a body that is not SOAP is a Client fault."""
     try:
-        root = parse_xml(_transcode(body, headers.get("Content-Type", "")), max_bytes)
-    except ResponseError as exc:
+        root = read_xml(_transcode(body, headers.get("Content-Type", "")), max_bytes)
+    except UnreadableXml as exc:
         raise _malformed(str(exc)) from None
     if root.tag not in _ENVELOPES:
         raise _malformed("the root element is not a SOAP Envelope")

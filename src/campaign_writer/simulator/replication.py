@@ -13,7 +13,9 @@ value are inserted. The simulator runs it every ``replicate_interval_s`` seconds
 (0: never) and on the control action ``replicate_now``, and reports in its stats how
 long the oldest row moved had waited in staging (``last_replication_max_lag_s``).
 How Adobe's workflow batches, orders or retains rows is not public, so this model
-keeps only the lag.
+keeps only the lag. Nor is how a delete sent to staging (IngestExt with
+``_operation="delete"``, itself INFERRED) reaches the Cloud DB: here it removes the
+staged row only, so a row already replicated stays in the source schema.
 """
 
 from __future__ import annotations

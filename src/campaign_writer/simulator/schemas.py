@@ -15,7 +15,7 @@ the hot path needs (allowed names, string lengths, other checks), and renders th
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from xml.sax.saxutils import quoteattr
 
 from .xtktypes import STRING_TYPES, Check, check_for
@@ -163,9 +163,22 @@ class Schema:
         namespace, _, name = self.id.partition(":")
         parts = [
             f"<schema namespace={quoteattr(namespace)} name={quoteattr(name)}"
-            f' label={quoteattr(self.label or name)} mappingType="sql" xtkschema="xtk:schema">',
-            f"<element name={quoteattr(self.element)} label={quoteattr(self.label or name)}",
+            f' label={quoteattr(self.label or name)} mappingType="sql" xtkschema="xtk:schema">'
         ]
+        # Enumerations are children of the schema, before its elements (as Campaign's
+        # compiled schemas list them), each once however many attributes use it.
+        enumerations = {_enum_name(spec): spec for spec in self.attributes.values() if spec.enum}
+        for enum_name, spec in enumerations.items():
+            parts.append(
+                f"<enumeration name={quoteattr(enum_name)} basetype={quoteattr(spec.type)}>"
+            )
+            parts.extend(
+                f"<value name={quoteattr(value)} value={quoteattr(value)}/>" for value in spec.enum
+            )
+            parts.append("</enumeration>")
+        parts.append(
+            f"<element name={quoteattr(self.element)} label={quoteattr(self.label or name)}"
+        )
         if self.auto_stg:
             parts.append(' autoStg="true"')
         parts.append(">")
@@ -180,20 +193,7 @@ class Schema:
             if spec.enum:
                 parts.append(f" enum={quoteattr(_enum_name(spec))}")
             parts.append("/>")
-        parts.append("</element>")
-        # Enumerations are children of the schema, named by the attributes using them.
-        for spec in self.attributes.values():
-            if spec.enum:
-                parts.append(
-                    f"<enumeration name={quoteattr(_enum_name(spec))}"
-                    f" basetype={quoteattr(spec.type)}>"
-                )
-                parts.extend(
-                    f"<value name={quoteattr(value)} value={quoteattr(value)}/>"
-                    for value in spec.enum
-                )
-                parts.append("</enumeration>")
-        parts.append("</schema>")
+        parts.append("</element></schema>")
         return "".join(parts)
 
 
@@ -202,10 +202,9 @@ def _enum_name(spec: AttributeSpec) -> str:
 
 
 def _compile(spec: SchemaSpec, schema_id: str, staging: bool, auto_stg: bool) -> Schema:
+    # A string without a length gets Campaign's default; its enumeration, if any, stays.
     attributes = {
-        a.name: a
-        if a.type != "string" or a.length
-        else AttributeSpec(a.name, a.type, DEFAULT_STRING_LENGTH)
+        a.name: a if a.type != "string" or a.length else replace(a, length=DEFAULT_STRING_LENGTH)
         for a in spec.attributes
     }
     return Schema(

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
+    import asyncio
+
     from ..metrics import Metrics
     from ..queue import DurableQueue
     from ..router import Router
@@ -70,7 +72,11 @@ class Source(Protocol):
     """What the daemon needs from a running source."""
 
     name: str
-    crashed: BaseException | None
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The source's long-running task while it runs (None if it has none): the
+        daemon's supervisor waits on it, and its end before shutdown is a crash."""
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...

@@ -16,8 +16,8 @@
   client's exceptions) closes the connection and opens a new one after a capped,
   jittered exponential backoff. Messages received but not acked are redelivered by
   the broker, so delivery is at least once; nothing acked is ever missing.
-* **Crashes**: any other exception ends the task and is kept in ``crashed``, which
-  the daemon's supervisor reports; a source never dies silently.
+* **Crashes**: any other exception ends the source's :attr:`~BrokerSource.task`,
+  which the daemon's supervisor waits on; a source never dies silently.
 
 Subclasses implement ``_open``, ``_receive``, ``_ack`` and ``_shutdown`` and may
 override ``_hold``, ``_resume`` and ``_idle``. Each is built as
@@ -164,15 +164,12 @@ class BrokerSource(ABC, Generic[S]):
         self._reconnects = metrics.source_reconnects.labels(name)
         self._paused = metrics.source_paused.labels(name)
         self._paused.set(0)
-        self.crashed: BaseException | None = None
         self.connected = False
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._first_attempt = asyncio.Event()
         self._need_room = False
-        self._counts = {"received": 0, "accepted": 0, "dead_lettered": 0, "acked": 0}
-        self._reconnect_count = 0
         self._setup()
 
     def _setup(self) -> None:
@@ -210,12 +207,24 @@ class BrokerSource(ABC, Generic[S]):
         await asyncio.gather(task, return_exceptions=True)
         self._paused.set(0)
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The consuming task, from start() to close(); it ends early only on a crash."""
+        return self._task
+
+    @property
+    def crashed(self) -> BaseException | None:
+        """The error that ended the task, if it ended on one."""
+        task = self._task
+        if task is None or not task.done() or task.cancelled():
+            return None
+        return task.exception()
+
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
             return
         error = task.exception()
         if error is not None:
-            self.crashed = error
             log.critical(
                 "source stopped on an unexpected error",
                 extra={"source": self.name, "error": redact(repr(error))},
@@ -228,10 +237,23 @@ class BrokerSource(ABC, Generic[S]):
             "kind": self.kind,
             "connected": self.connected,
             "paused": self._need_room,
-            "reconnects": self._reconnect_count,
+            "reconnects": self._reconnects.value,
             "last_error": self.last_error,
-            **self._counts,
+            "received": self._received.value,
+            "accepted": self._accepted.value,
+            "dead_lettered": self._dead_lettered.value,
+            "acked": self._acked.value,
         }
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else "disconnected"
+        if self._need_room:
+            state += ", paused"
+        return (
+            f"<{type(self).__name__} {self.name!r} {state}: received={self._received.value}"
+            f" accepted={self._accepted.value} acked={self._acked.value}"
+            f" dead_lettered={self._dead_lettered.value} reconnects={self._reconnects.value}>"
+        )
 
     # --- the loop --------------------------------------------------------------------
 
@@ -245,7 +267,6 @@ class BrokerSource(ABC, Generic[S]):
                 self.last_error = None
                 if opened_before:
                     self._reconnects.inc()
-                    self._reconnect_count += 1
                     log.info("source reconnected", extra={"source": self.name})
                 opened_before = True
                 backoff.reset()
@@ -303,7 +324,6 @@ class BrokerSource(ABC, Generic[S]):
         items, poison = self._route(batch)
         # Events, not messages: an ndjson message carries several.
         self._received.inc(len(items) + len(poison))
-        self._counts["received"] += len(items) + len(poison)
         dead = [
             RawDeadLetter(self.name, message.body, message.headers, reason)
             for message, reason in poison
@@ -334,14 +354,11 @@ class BrokerSource(ABC, Generic[S]):
             await self._unpause()
         acked = await self._ack(batch)
         self._accepted.inc(len(items))
-        self._counts["accepted"] += len(items)
         if poison:
             self._rejected.inc(len(poison))
             self._dead_lettered.inc(len(poison))
-            self._counts["dead_lettered"] += len(poison)
         if acked:
             self._acked.inc(len(batch))
-            self._counts["acked"] += len(batch)
 
     def _pause(self) -> None:
         self._need_room = True

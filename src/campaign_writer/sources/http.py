@@ -59,7 +59,7 @@ from ..settings import split_listen
 
 if TYPE_CHECKING:
     from ..config import HttpConfig
-    from ..metrics import Metrics
+    from ..metrics import Metrics, Tally
     from ..queue import DurableQueue
     from ..router import Router
 
@@ -292,16 +292,33 @@ class HttpIntake:
         self._queue = queue
         self._server: _Server | None = None
         self._listener: asyncio.AbstractServer | None = None
+        self._task: asyncio.Task[None] | None = None
         self._busy: set[_Handler] = set()  # connections with a request in our hands
         self._received = metrics.events_received.labels(SOURCE_NAME)
         self._accepted = metrics.events_accepted.labels(SOURCE_NAME)
         self._rejected = metrics.events_rejected.labels(SOURCE_NAME)
-        self.totals = {"requests": 0, "accepted": 0, "rejected": 0, "refused_full": 0}
+        # Counts without a Prometheus series of their own; the events' are the metrics'.
+        self._requests = 0  # POSTs to /v1/events with an encoding we read
+        self._refused_full = 0  # answered 503 because the local queue was full
         self._answers = metrics.intake_responses
-        self._answer_counters: dict[int, Any] = {}
+        self._answer_counters: dict[int, Tally] = {}
 
     def __repr__(self) -> str:
-        return f"<HttpIntake {self.url}>"
+        return (
+            f"<HttpIntake {self.url}: requests={self._requests}"
+            f" accepted={self._accepted.value} rejected={self._rejected.value}"
+            f" refused_full={self._refused_full}>"
+        )
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """The intake's counts, as ``/v1/stats`` shows them."""
+        return {
+            "requests": self._requests,
+            "accepted": self._accepted.value,
+            "rejected": self._rejected.value,
+            "refused_full": self._refused_full,
+        }
 
     @property
     def url(self) -> str:
@@ -335,13 +352,22 @@ class HttpIntake:
             ) from None
         self._server, self._listener = server, listener
         self.port = int(listener.sockets[0].getsockname()[1])
+        # Serving as a task, like every other stage, so the supervisor can wait on it.
+        self._task = asyncio.create_task(listener.serve_forever(), name="intake:http")
         log.info("HTTP intake listening", extra={"url": self.url})
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The listener's serving task, from start() to close(); the daemon's supervisor
+        waits on it, and its end before close() is a crash of the intake."""
+        return self._task
 
     async def close(self) -> None:
         """Stop accepting connections; requests under way finish first (up to
         ``CLOSE_GRACE_S``), idle connections are closed."""
         listener, self._listener = self._listener, None
         server = self._server
+        task, self._task = self._task, None
         if listener is None or server is None:
             return
         listener.close()
@@ -358,6 +384,9 @@ class HttpIntake:
             await asyncio.sleep(0.01)
         await server.shutdown(1.0)
         await listener.wait_closed()
+        if task is not None:
+            task.cancel()  # uvloop's close() leaves serve_forever() waiting
+            await asyncio.gather(task, return_exceptions=True)
 
     def stats(self) -> dict[str, Any]:
         refused = self._server.refused_connections if self._server is not None else 0
@@ -386,7 +415,7 @@ class HttpIntake:
         return response
 
     def _full(self) -> web.Response:
-        self.totals["refused_full"] += 1
+        self._refused_full += 1
         return _json(
             503,
             {"error": "the local queue is full; nothing was stored, try again later"},
@@ -405,7 +434,7 @@ class HttpIntake:
             return _json(
                 415, {"error": f"Content-Encoding {shown!r} is not supported (gzip, deflate)"}
             )
-        self.totals["requests"] += 1
+        self._requests += 1
         if self._token is not None and not self._authorized(request.headers.get("Authorization")):
             return _json(
                 401,
@@ -505,10 +534,8 @@ class HttpIntake:
             log.error("could not store events", extra={"error": str(exc)})
             return _json(500, {"error": "the events could not be stored; nothing was kept"})
         self._accepted.inc(len(items))
-        self.totals["accepted"] += len(items)
         if rejected:
             self._rejected.inc(len(rejected))
-            self.totals["rejected"] += len(rejected)
         return _json(202, outcome(len(items), list(rejected)))
 
     def _map(self, body: bytes, content_type: str) -> Routing | str:

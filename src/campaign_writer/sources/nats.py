@@ -118,7 +118,6 @@ class NatsSource(BrokerSource[NatsSettings]):
         self._arrived = asyncio.Event()
         self._requested = 0  # deliveries still due on the open pull request
         self._problem: str | None = None
-        self.redelivered = 0
         self._redeliveries = self.metrics.source_redeliveries.labels(self.name)
 
     async def _open(self) -> None:
@@ -195,7 +194,6 @@ class NatsSource(BrokerSource[NatsSettings]):
             return
         self._requested = max(0, self._requested - 1)
         if _delivery_count(msg.reply) > 1:
-            self.redelivered += 1
             self._redeliveries.inc()
         self._pending.append(Message(msg.data, dict(headers) if headers else {}, msg))
         self._arrived.set()
@@ -297,7 +295,7 @@ class NatsSource(BrokerSource[NatsSettings]):
                 await asyncio.wait_for(client.close(), POLL_S * 4)
 
     def stats(self) -> dict[str, Any]:
-        return {**super().stats(), "redelivered": self.redelivered}
+        return {**super().stats(), "redelivered": self._redeliveries.value}
 
 
 SOURCE: Final = SourceKind.of(NatsSource, NatsSettings, parse_options)

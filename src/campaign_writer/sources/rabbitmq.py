@@ -476,8 +476,7 @@ class RabbitMQSource(BrokerSource[RabbitMQSettings]):
     kind: ClassVar[str] = KIND
 
     def _setup(self) -> None:
-        self._redeliveries_metric = self.metrics.source_redeliveries.labels(self.name)
-        self._redeliveries = 0
+        self._redeliveries = self.metrics.source_redeliveries.labels(self.name)
         self._connection: aiormq.Connection | None = None
         self._transport: _KeptTransport | None = None
         self._channel: aiormq.Channel | None = None
@@ -487,7 +486,7 @@ class RabbitMQSource(BrokerSource[RabbitMQSettings]):
         self._lost: str | None = None
 
     def stats(self) -> dict[str, Any]:
-        return {**super().stats(), "redeliveries": self._redeliveries}
+        return {**super().stats(), "redeliveries": self._redeliveries.value}
 
     async def _open(self) -> None:
         settings = self.settings
@@ -561,8 +560,7 @@ class RabbitMQSource(BrokerSource[RabbitMQSettings]):
                     )
                 )
             if delivery.redelivered:
-                self._redeliveries += 1
-                self._redeliveries_metric.inc()
+                self._redeliveries.inc()
             arrived.set()
 
         return on_delivery

@@ -110,7 +110,6 @@ class RedisStreamsSource(BrokerSource[RedisStreamsSettings]):
         self._claim_cursor: bytes | str = "0-0"
         self._next_touch = 0.0
         # Entries Redis hands over again: re-read from our pending list or claimed.
-        self.redelivered = 0
         self._redeliveries = self.metrics.source_redeliveries.labels(self.name)
 
     def _redis(self) -> aioredis.Redis:
@@ -197,11 +196,10 @@ class RedisStreamsSource(BrokerSource[RedisStreamsSettings]):
         return await self._messages(client, entries)
 
     def stats(self) -> dict[str, Any]:
-        return {**super().stats(), "redelivered": self.redelivered}
+        return {**super().stats(), "redelivered": self._redeliveries.value}
 
     def _count_redelivered(self, count: int) -> None:
         if count:
-            self.redelivered += count
             self._redeliveries.inc(count)
 
     async def _messages(

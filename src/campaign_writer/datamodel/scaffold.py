@@ -13,9 +13,10 @@ WriteCollection, with a note when it is staged and its twin is the better target
 from __future__ import annotations
 
 import json
+import re
 from typing import Final
 
-from .campaign.schemas import InstanceSchema, SchemaAttribute
+from ..campaign.schemas import InstanceSchema, SchemaAttribute
 
 __all__ = ["ROUTE_TYPE_OF", "scaffold_route"]
 
@@ -43,14 +44,27 @@ ROUTE_TYPE_OF: Final = {
     "uuid": "uuid",
 }
 _INTEGER_TYPES = frozenset({"byte", "short", "long", "int64"})
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")  # a TOML key that needs no quotes
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 def _toml(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)  # a JSON string is a TOML basic string
 
 
+def _key(name: str) -> str:
+    """``name`` as a TOML key: bare when it can be, quoted otherwise."""
+    return name if _BARE_KEY.fullmatch(name) else _toml(name)
+
+
+def _comment(text: str) -> str:
+    """``text`` (a label, a file name: what the schema or its origin says) fit for one
+    comment line: whitespace runs become one space, control characters go."""
+    return "".join(c for c in " ".join(text.split()) if c >= " " and c != "\x7f")
+
+
 def _enum(attribute: SchemaAttribute, route_type: str) -> str:
-    if route_type in _INTEGER_TYPES and all(v.lstrip("-").isdigit() for v in attribute.enum):
+    if route_type in _INTEGER_TYPES and all(_INTEGER.fullmatch(v) for v in attribute.enum):
         return ", ".join(attribute.enum)
     return ", ".join(_toml(v) for v in attribute.enum)
 
@@ -60,11 +74,12 @@ def _field(attribute: SchemaAttribute, key: bool) -> list[str]:
     route_type = ROUTE_TYPE_OF.get(attribute.type)
     if route_type is None:
         return [
-            f"# [routes.fields.{name}]: schema type {attribute.type!r} has no route type;"
+            f"# [routes.fields.{_comment(_key(name))}]: schema type"
+            f" {_comment(repr(attribute.type))} has no route type;"
             " leave it out, or map it as a string yourself",
             "",
         ]
-    lines = [f"[routes.fields.{name}]"]
+    lines = [f"[routes.fields.{_key(name)}]"]
     lines.append(f"# path = {_toml(name)}   # where the value is in the event (default: the name)")
     lines.append(f"type = {_toml(route_type)}")
     if attribute.type == "string":
@@ -84,8 +99,9 @@ def scaffold_route(schema: InstanceSchema, origin: str) -> str:
     namespace, _, name = schema.id.partition(":")
     keys = [k for k in schema.keys if k in schema.attributes]
     lines = [
-        f"# A route for {schema.id}{f' ({schema.label})' if schema.label else ''},"
-        f" scaffolded from {origin}.",
+        f"# A route for {_comment(schema.id)}"
+        f"{f' ({_comment(schema.label)})' if schema.label else ''},"
+        f" scaffolded from {_comment(origin)}.",
         "# Decide: which events it takes (match), where each value is in them (path), and",
         "# which attributes to leave out (an attribute the events never carry is harmless).",
         "# Then check it: campaign-writer validate --config FILE --remote",
@@ -102,8 +118,8 @@ def scaffold_route(schema: InstanceSchema, origin: str) -> str:
         why = "a classic write, straight to the table"
         if schema.auto_stg:
             lines.append(
-                f"# {schema.id} is staged (autoStg): scaffold {schema.id}Stg instead for"
-                " Ingest/IngestExt, the path Adobe recommends for volume."
+                f"# {_comment(schema.id)} is staged (autoStg): scaffold {_comment(schema.id)}Stg"
+                " instead for Ingest/IngestExt, the path Adobe recommends for volume."
             )
     lines += [
         "[[routes]]",

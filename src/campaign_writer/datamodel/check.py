@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from .campaign.schemas import InstanceSchema, SchemaLookupError, staging_source
-from .campaign.xtktypes import DEFAULT_STRING_LENGTH, text_length
-from .router import FieldConfig, RouteConfig
+from ..campaign.schemas import InstanceSchema, SchemaLookupError, staging_source
+from ..campaign.xtktypes import DEFAULT_STRING_LENGTH, text_length
+from ..routes import FieldConfig, RouteConfig
 
 __all__ = [
     "Finding",
