@@ -108,12 +108,16 @@ def _subjects(case: dict[str, Any]) -> list[str]:
     return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
 
-def _cell(name: str, summary: dict[str, Any] | None) -> str:
+def _cell(name: str, summary: dict[str, Any] | None, repeats: int = 0) -> str:
+    """Median (min–max); "k of n" when only k of the n repeats have the figure (e.g. a
+    time to reach a share of the limit that some repeats never reached)."""
     if not summary or summary.get("median") is None:
         return "–"
     text = format_figure(name, summary["median"])
     if summary.get("n", 0) > 1 and summary["min"] != summary["max"]:
         text += f" ({format_figure(name, summary['min'])}–{format_figure(name, summary['max'])})"
+    if 0 < summary.get("n", 0) < repeats:
+        text += f" [{summary['n']} of {repeats}]"
     return text
 
 
@@ -131,7 +135,14 @@ def _case(name: str, case: dict[str, Any]) -> list[str]:
             {k for s in subjects for k in case["subjects"][s]["figures"]}
         )
         for figure in headline:
-            cells = [_cell(figure, case["subjects"][s]["figures"].get(figure)) for s in subjects]
+            cells = [
+                _cell(
+                    figure,
+                    case["subjects"][s]["figures"].get(figure),
+                    case["subjects"][s]["repeats"],
+                )
+                for s in subjects
+            ]
             lines.append(f"| {LABELS.get(figure, figure)} | " + " | ".join(cells) + " |")
         lines.append("")
         if case["ratios"]:

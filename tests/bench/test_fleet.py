@@ -189,3 +189,15 @@ def test_scaling_shortens_the_fleet_timings_but_not_the_light_load() -> None:
     assert half.extra["redis_kill_s"] == loss.extra["redis_kill_s"] / 2
     assert half.extra["redis_down_s"] == loss.extra["redis_down_s"] / 2
     assert scaled(uneven, 0.4).extra["light_rate"] == uneven.extra["light_rate"]
+
+
+def test_a_figure_some_repeats_lack_says_how_many_have_it() -> None:
+    """A time to 95% reached in 1 of 3 repeats shows its median with "[1 of 3]", so the
+    median of the others does not pass for all of them."""
+    from bench.markdown import _cell
+
+    reached_once = {"median": 25.0, "min": 25.0, "max": 25.0, "n": 1}
+    assert _cell("reach_s", reached_once, 3) == "25.00 s [1 of 3]"
+    every = {"median": 11.0, "min": 11.0, "max": 19.0, "n": 2}
+    assert _cell("reach_s", every, 2) == "11.00 s (11.00 s–19.00 s)"
+    assert _cell("reach_s", None, 3) == "–"
