@@ -563,3 +563,24 @@ def test_sizes_and_listen_addresses_parse() -> None:
     assert split_listen("0.0.0.0:0") == ("0.0.0.0", 0)
     with pytest.raises(ValueError, match="brackets"):
         split_listen("::1:8080")
+
+
+def test_campaign_and_ims_urls_with_credentials_are_refused_without_echoing_them() -> None:
+    """A campaign.url or ims_url carrying user:password@ is refused at load, naming the key
+    and where credentials belong, and the password never appears in the message (URLs are
+    printed by validate and logged at start)."""
+    problems = problems_of(
+        minimal(
+            campaign__url="https://admin:pa55-in-url@acme.campaign.adobe.com",
+            campaign__auth={
+                "mode": "ims",
+                "client_id": "c",
+                "client_secret": "s",
+                "scope": "openid",
+                "ims_url": "https://u:ims-pa55@ims.example.com/token",
+            },
+        )
+    )
+    assert any(p.startswith("campaign.url: a URL with credentials") for p in problems)
+    assert any(p.startswith("campaign.auth.ims_url: a URL with credentials") for p in problems)
+    assert not [p for p in problems if "pa55" in p]

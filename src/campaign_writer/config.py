@@ -305,7 +305,15 @@ def _read_url(section: Section, key: str, default: str | None = None) -> str:
     value = section.string(key) if default is None else section.string(key, default)
     if value:
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if parts.username is not None or parts.password is not None:
+            # Campaign and IMS take credentials from [campaign.auth] only; a URL is
+            # printed and logged, so it must never carry one (and is not echoed here).
+            section.problem(
+                key,
+                "a URL with credentials in it (user:password@) is refused: "
+                "give them under [campaign.auth]",
+            )
+        elif parts.scheme not in ("http", "https") or not parts.hostname:
             section.problem(key, f"expected an http:// or https:// URL, got {value!r}")
     return value
 
