@@ -12,6 +12,7 @@ import asyncio
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,8 +111,24 @@ async def test_writer_process_refuses_hostile_answers_and_loses_nothing(
             await wait_for(met, timeout=120, interval=0.2)
             await simulator.control(**{f"rate_{kind}": 0.0})
             await wait_for(lambda n=sent: _stored(simulator, n), timeout=120, interval=0.2)
-            calls = await simulator.calls(since)
-            hostile = [c for c in calls if c["outcome"] == f"inject:{kind}"]
+            injected = int((await simulator.stats())["faults_by_kind"][f"inject:{kind}"])
+            hostile: list[dict[str, Any]] = []
+
+            # The simulator counts an injection when it starts and logs the call when it
+            # ends; a drip or huge answer the writer hung up on ends only when the
+            # simulator next writes to the closed socket, which may come after the retry
+            # already stored the events. Wait for every injected call to be logged.
+            async def logged(
+                kind: str = kind,
+                injected: int = injected,
+                since: int = since,
+                hostile: list[dict[str, Any]] = hostile,
+            ) -> bool:
+                calls = await simulator.calls(since)
+                hostile[:] = [c for c in calls if c["outcome"] == f"inject:{kind}"]
+                return len(hostile) >= injected
+
+            await wait_for(logged, timeout=60, interval=0.2)
             figures.faults[f"hostile {kind} ({encoding})"] += len(hostile)
             # The simulator logs a call when it ends: for huge and drip that is when the
             # writer hung up, so the latency bounds how long the writer held on.
