@@ -13,7 +13,7 @@ LOCK := requirements.lock
 EXTRAS := all,test,bench
 PYTEST_ARGS ?=
 
-.PHONY: install lock pythons run test lint format bench soak clean
+.PHONY: install lock pythons run test lint format bench soak container clean
 
 install: $(STAMP)
 
@@ -58,6 +58,13 @@ bench: install
 
 soak: install
 	$(BIN)/python -m pytest tests/reliability --soak -p no:randomly
+
+# Builds the image where a container engine answers (the suite checks the Containerfile
+# statically and with hadolint, since CI machines have no engine).
+container:
+	@engine=$$(command -v docker || command -v podman) || { echo "no docker or podman installed"; exit 2; }; \
+	$$engine info >/dev/null 2>&1 || { echo "$$engine info: no container engine answers here"; exit 2; }; \
+	$$engine build -f deploy/container/Containerfile -t campaign-writer:local .
 
 clean:
 	rm -rf $(VENV) .venv-lock build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -10,8 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from campaign_writer.config import load
 from tests.support.services import missing
 
@@ -85,22 +83,3 @@ def test_the_container_file_passes_hadolint() -> None:
         [hadolint, str(CONTAINERFILE)], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_the_container_image_builds_where_an_engine_answers() -> None:
-    """docker build succeeds. Skipped, saying so, where no container engine answers
-    (this machine has the docker command but no daemon): the checks above stand in."""
-    docker = shutil.which("docker") or shutil.which("podman")
-    if docker is None:
-        pytest.skip("no container engine (docker or podman) is installed")
-    info = subprocess.run([docker, "info"], capture_output=True, timeout=30, check=False)
-    if info.returncode != 0:
-        pytest.skip(f"{docker} info: no container engine answers here")
-    result = subprocess.run(
-        [docker, "build", "-f", str(CONTAINERFILE), "-t", "campaign-writer:test", str(ROOT)],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
