@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import logging
 import socket
 import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +209,54 @@ async def test_redis_lost_means_a_local_share_then_rejoining(
         lost = [r for r in caplog.records if "shared budget lost" in r.getMessage()]
         back = [r for r in caplog.records if "shared budget rejoined" in r.getMessage()]
         assert len(lost) == 2 and len(back) == 2  # once per instance and transition
+    finally:
+        await redis.kill()
+
+
+async def test_instances_rejoining_one_by_one_stay_within_the_limit(
+    shared: Factory, tmp_path: Path
+) -> None:
+    """Redis back after a loss, three instances with backlogs rejoin 1 s apart: the ones
+    back reserve only the part of the rate of those back, so together with the local
+    shares of those still away no 1 s window holds more than the limit; once all are
+    back, they share the whole of it again."""
+    redis = OwnRedis(tmp_path)
+    await redis.start()
+    try:
+        url = f"redis://127.0.0.1:{redis.port}/0"
+        throttles = [shared(20.0, url) for _ in range(3)]
+        await start(*throttles)
+        stamps: list[float] = []
+        running = [asyncio.create_task(drive(t, stamps, 60.0, 4)) for t in throttles]
+        await asyncio.sleep(1.0)
+        await redis.kill()
+        await asyncio.sleep(1.5)
+        assert {t.budget_mode for t in throttles} == {"fallback"}
+        # Each retries Redis when its gate opens: one by one, as retries fall.
+        gates = [math.inf] * 3
+        for index, throttle in enumerate(throttles):
+            assert throttle.budget is not None
+            throttle.budget._due_for_retry = partial(lambda i: time.monotonic() >= gates[i], index)  # type: ignore[method-assign]
+        await redis.start()
+        back = time.monotonic()
+        gates[:] = [back + 1.0 * index for index in range(3)]
+        first = throttles[0].budget
+        assert first is not None
+        while first.mode != "shared":
+            assert time.monotonic() < back + 0.9, "the first did not rejoin when due"
+            await asyncio.sleep(0.02)
+        assert throttles[1].budget_mode == "fallback"
+        assert first.ramp() == pytest.approx(1 / 3)  # alone back of three
+        await asyncio.sleep(back + 4.0 - time.monotonic())
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        assert {t.budget_mode for t in throttles} == {"shared"}
+        assert all(t.budget is not None and t.budget.ramp() == 1.0 for t in throttles)
+        rejoining = [t for t in stamps if t >= back]
+        assert max_in_any_window(rejoining) <= 20
+        last_second = [t for t in rejoining if t >= back + 3.0]
+        assert len(last_second) >= 15  # the whole budget again, not a share of it
     finally:
         await redis.kill()
 

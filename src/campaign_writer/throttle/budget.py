@@ -26,6 +26,16 @@ When Redis does not answer, the instance goes at once to ``fallback``: it paces
 locally at its share, the rate divided by the instances it last saw alive, says so
 once in the log, keeps retrying Redis with :func:`~campaign_writer.backoff.delay`,
 and rejoins the shared schedule when it answers again.
+
+Rejoining is a ramp, not a step. The instances come back one by one, each at its
+next retry, and those not back yet still send their local share; a first one taking
+the whole schedule at once would add the full rate to theirs and draw 429s from
+Campaign (it did: two of them, and 6 s below 95% of the limit after the cut). So for
+:attr:`SharedBudget.REJOIN_S` after rejoining, while fewer instances are *active*
+(heard of in Redis within :attr:`SharedBudget.ACTIVE_S`) than were alive before the
+loss, the instances back reserve at ``active / before`` of the rate: together that
+part, and the others their share of the rest. The rejoining round trip itself
+reserves nothing, since the number back is known only from its reply.
 """
 
 from __future__ import annotations
@@ -60,9 +70,11 @@ KEY_PREFIX = "campaign-writer:budget:"
 
 # KEYS: schedule end, pause end, heartbeats, rate state, accepted counts.
 # ARGV: k, interval (µs), instance id, heartbeat TTL (µs), calls accepted since last,
-#       furthest ahead a reservation may start (µs).
+#       furthest ahead a reservation may start (µs), how recently an instance must have
+#       been heard of to count as active (µs).
 # Returns: now (µs), first time (µs), times reserved, pause end (µs), live instances,
-#          accepted calls/s estimate (text), the rate state (flat field/value list).
+#          accepted calls/s estimate (text), the rate state (flat field/value list),
+#          active instances (heard of within the last ARGV[7] µs).
 _RESERVE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -73,6 +85,7 @@ redis.call('ZADD', KEYS[3], now + ttl, ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 redis.call('PEXPIRE', KEYS[3], math.floor(ttl / 1000) * 10)
 local seen = redis.call('ZCARD', KEYS[3])
+local active = redis.call('ZCOUNT', KEYS[3], now + ttl - tonumber(ARGV[7]), '+inf')
 local sec = math.floor(now / 1000000)
 local acc = redis.call('HMGET', KEYS[5], 'sec', 'cur', 'prev')
 local asec, cur, prev = tonumber(acc[1]) or sec, tonumber(acc[2]) or 0, tonumber(acc[3]) or 0
@@ -90,7 +103,7 @@ if k > 0 and first - now <= tonumber(ARGV[6]) then
 else
   k = 0
 end
-return {now, first, k, paused, seen, tostring(accepted), redis.call('HGETALL', KEYS[4])}
+return {now, first, k, paused, seen, tostring(accepted), redis.call('HGETALL', KEYS[4]), active}
 """
 
 # KEYS: pause end, schedule end. ARGV: pause (µs). Extends the shared pause and moves
@@ -145,8 +158,13 @@ class SharedBudget:
     REDIS_TIMEOUT_S = 0.5
     RTT_AGING = 1.05  # per round trip, the bar a round trip's offset sample must pass
     # Redis lost: retries back off from 0.25 s up to this, so a writer rejoins within
-    # about this long of Redis's return (until then it uses only its share).
-    RETRY_MAX_S = 2.0
+    # about this long of Redis's return (until then it uses only its share). A retry is
+    # one refused connection or one timeout: cheap next to slow recovery.
+    RETRY_MAX_S = 1.0
+    # Heard of within this long: back in the shared schedule (beats come each second).
+    ACTIVE_S = 1.5
+    # After rejoining, every instance still alive has retried within this long.
+    REJOIN_S = RETRY_MAX_S + REDIS_TIMEOUT_S + HEARTBEAT_S
 
     def __init__(
         self,
@@ -184,6 +202,9 @@ class SharedBudget:
         self._publish = self._redis.register_script(_PUBLISH)
         self.mode: BudgetMode = "shared"
         self.instances_seen = 1
+        self.instances_active = 1
+        self._before_loss = 1  # instances alive when Redis was last lost
+        self._ramp_until = 0.0  # rejoined: until then, scale by the share back
         self.round_trips = 0
         self.state_version = 0
         self.accepted_rate = 0.0  # shared estimate, calls/s, as of the last round trip
@@ -258,7 +279,12 @@ class SharedBudget:
                         # The round trip we queued behind failed: do not try again at
                         # once (a hung Redis would cost every waiter its timeout in turn).
                         return None
-                    horizon = max(1, int(self._rate() * self.HORIZON_S))
+                    if self.mode != "shared":
+                        # Rejoining: how many are back is known only from the reply.
+                        if await self._round_trip(0) is None:
+                            return None
+                        continue
+                    horizon = max(1, int(self._rate() * self.ramp() * self.HORIZON_S))
                     wanted = max(self._waiting, min(demand, int(self._block)))
                     reserved = await self._round_trip(min(self.BLOCK, horizon, wanted))
                     # Every time of the last block was used: the next may be larger.
@@ -270,6 +296,16 @@ class SharedBudget:
                     await self._sleep(self.MAX_AHEAD_S / 4)
         finally:
             self._waiting -= 1
+
+    def ramp(self) -> float:
+        """The part of the shared rate this instance reserves at: 1, except just after
+        rejoining, while fewer instances are back than were alive before the loss."""
+        if self._ramp_until == 0.0:
+            return 1.0
+        if self._clock() >= self._ramp_until or self.instances_active >= self._before_loss:
+            self._ramp_until = 0.0
+            return 1.0
+        return self.instances_active / self._before_loss
 
     def _next_held(self) -> float | None:
         held = self._held
@@ -336,7 +372,7 @@ class SharedBudget:
 
     async def _round_trip(self, k: int) -> int | None:
         """Reserve ``k`` times (0: heartbeat only); how many were reserved, None if lost."""
-        rate = max(self._rate(), 1e-3)
+        rate = max(self._rate() * self.ramp(), 1e-3)
         accepted, self._accepted_since = self._accepted_since, 0
         sent_at = self._clock()
         try:
@@ -350,6 +386,7 @@ class SharedBudget:
                     int(self.HEARTBEAT_TTL_S * _US),
                     accepted,
                     int(self.MAX_AHEAD_S * _US),
+                    int(self.ACTIVE_S * _US),
                 ],
             )
         except (RedisError, OSError) as exc:
@@ -357,7 +394,7 @@ class SharedBudget:
             self._lost(exc)
             return None
         received_at = self._last_trip_at = self._clock()
-        now_us, first_us, reserved, _, seen, accepted_rate, flat = reply
+        now_us, first_us, reserved, _, seen, accepted_rate, flat, active = reply
         # Redis read its clock between our send and its reply: take the midpoint, from
         # the shortest round trip lately. A reply our busy event loop read late would
         # move the midpoint by half the delay and every time of ours with it (sent late,
@@ -371,7 +408,12 @@ class SharedBudget:
         if rtt <= self._best_rtt or abs(offset - self._offset) > (rtt + self._best_rtt) / 2:
             self._best_rtt = rtt
             self._offset = offset
-        self.instances_seen = max(1, int(seen))
+        self.instances_active = max(1, int(active))
+        if self.mode != "shared":
+            self._ramp_until = received_at + self.REJOIN_S
+        # While rejoining, the instances not back yet still count for the share.
+        ramping = self._ramp_until > received_at
+        self.instances_seen = max(1, int(seen), self._before_loss if ramping else 1)
         self.accepted_rate = float(accepted_rate)
         interval = int(_US / rate) if rate else 0
         first = int(first_us)
@@ -398,6 +440,8 @@ class SharedBudget:
         self._retry_at = self._clock() + delay(0.25, self.RETRY_MAX_S, self._failures - 1, "half")
         if self.mode != "fallback":
             self.mode = "fallback"
+            self._before_loss = self.instances_seen
+            self._ramp_until = 0.0
             log.warning(
                 "shared budget lost: Redis does not answer; pacing at this instance's share",
                 extra={"budget": self.name, "share": round(self.share, 3), "error": str(exc)},

@@ -38,7 +38,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from ..backoff import delay
 from ..logs import get_logger
@@ -123,49 +123,65 @@ class TenantThrottle:
         lane = self.lanes.get(method) if method is not None else None
         if lane is not None:
             await lane.pace(self.share)
+        budget = self.budget
         waited = False
         while True:
-            now = self._clock()
-            if now < self._paused_until:
-                await self._sleep(self._paused_until - now)
+            taken, slept = await self._turn()
+            waited = waited or slept
+            if taken is None:
+                continue  # a 429 pause, or a time gone void: start over
+            if budget is not None:
+                # The hard cap is this instance's share while Redis is lost, as the pacing.
+                share = budget.share if budget.mode == "fallback" else 1.0
+                self._window.limit = max(1, math.floor(self.controller.limit * share + 1e-9))
+            await self._window.acquire()
+            if taken == "local" and budget is not None and budget.mode == "shared":
+                # Redis came back while this call waited on its local share (for its time,
+                # or at the cap, which the share had lowered): that time is not in the
+                # shared schedule, so sending on it would add to the schedule's.
                 continue
-            rate = self.rate(now)
-            if self.budget is not None:
-                shared = await self.budget.slot(self._callers)
-                if shared is not None:
-                    now = self._clock()
-                    if shared > now:
-                        waited = True
-                        await self._sleep(shared - now)
-                    woke = self._clock()
-                    if woke < self._paused_until:
-                        continue  # a 429 here while we waited: this time is void
-                    if woke - shared > self.LATE_S:
-                        # Woke too late (a stalled loop): sent now, it could join the next
-                        # second's calls in one window of Campaign's. Take another time.
-                        self.budget.slots_expired += 1
-                        continue
-                    break
-                rate *= self.budget.share  # Redis lost: this instance's share, locally
-            slot = max(now, self._next_slot)
-            self._next_slot = slot + 1.0 / rate
-            if slot > now:
-                waited = True
-                await self._sleep(slot - now)
-                if self._clock() < self._paused_until:
-                    continue  # a 429 arrived while we waited: queue behind the pause
             break
-        if self.budget is not None:
-            # The hard cap is this instance's share while Redis is lost, as the pacing.
-            fallback = self.budget.mode == "fallback"
-            share = self.budget.share if fallback else 1.0
-            self._window.limit = max(1, math.floor(self.controller.limit * share + 1e-9))
-        await self._window.acquire()
         if lane is not None:
             await lane.cap(self.share)
         self.calls_admitted += 1
         if self.learner is not None:
             self._probe(waited)
+
+    async def _turn(self) -> tuple[Literal["shared", "local"] | None, bool]:
+        """Wait for this call's time: from the shared schedule or paced locally (``None``:
+        start over), and whether that meant waiting."""
+        now = self._clock()
+        if now < self._paused_until:
+            await self._sleep(self._paused_until - now)
+            return None, False
+        rate = self.rate(now)
+        budget = self.budget
+        if budget is not None:
+            shared = await budget.slot(self._callers)
+            if shared is not None:
+                now = self._clock()
+                if shared > now:
+                    await self._sleep(shared - now)
+                woke = self._clock()
+                if woke < self._paused_until:
+                    return None, shared > now  # a 429 here while we waited: this time is void
+                if woke - shared > self.LATE_S:
+                    # Woke too late (a stalled loop): sent now, it could join the next
+                    # second's calls in one window of Campaign's. Take another time.
+                    budget.slots_expired += 1
+                    return None, shared > now
+                return "shared", shared > now
+            rate *= budget.share  # Redis lost: this instance's share, locally
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + 1.0 / rate
+        if slot <= now:
+            return "local", False
+        await self._sleep(slot - now)
+        if self._clock() < self._paused_until:
+            return None, True  # a 429 arrived while we waited: queue behind the pause
+        if budget is not None and budget.mode == "shared":
+            return None, True  # Redis came back meanwhile: take a shared time instead
+        return "local", True
 
     def _probe(self, waited: bool) -> None:
         assert self.learner is not None
