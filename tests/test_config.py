@@ -300,6 +300,20 @@ def test_budget_and_limit_mistakes_name_their_key() -> None:
     assert not [p for p in problems if "pw" in p]
 
 
+def test_headroom_defaults_to_98_percent_and_is_bounded() -> None:
+    """campaign.headroom: 0.98 unless set, any share from 0.5 to 1, and it reaches the
+    throttle the daemon builds (the pace is tps_limit x headroom)."""
+    assert from_mapping(minimal()).campaign.headroom == 0.98
+    config = from_mapping(minimal(campaign__headroom=0.99))
+    assert config.campaign.headroom == 0.99
+    assert problems_of(minimal(campaign__headroom=1.2)) == [
+        "campaign.headroom: must be at most 1, got 1.2"
+    ]
+    assert problems_of(minimal(campaign__headroom=0.2)) == [
+        "campaign.headroom: must be at least 0.5, got 0.2"
+    ]
+
+
 def test_fault_judgement_keys_have_defaults_and_bounds() -> None:
     """retry.record_failures and friends default sensibly and refuse nonsense, by path."""
     retry = from_mapping(minimal()).retry

@@ -131,6 +131,8 @@ class CampaignConfig:
     # With ``auto_limit`` (``tps_limit = "auto"``) this is only where learning starts.
     tps_limit: float = 20.0
     auto_limit: bool = False
+    # The share of the limit calls are paced at: the rest absorbs arrival jitter.
+    headroom: float = 0.98
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     # ``[campaign.limits]``: calls per second per SOAP method, inside ``tps_limit``.
     limits: tuple[tuple[str, float], ...] = ()
@@ -326,6 +328,7 @@ def _read_campaign(section: Section) -> CampaignConfig:
         url=_read_url(section, "url"),
         tps_limit=AUTO_START_TPS if auto else _read_tps_limit(section),
         auto_limit=auto,
+        headroom=section.number("headroom", 0.98, minimum=0.5, maximum=1.0),
         budget=_read_budget(section.section("budget")),
         limits=_read_limits(section.section("limits")),
         max_response_bytes=section.size("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES),

@@ -199,6 +199,7 @@ class Daemon:
             budget.on_mode_change = self._budget_mode
         throttle = TenantThrottle(
             campaign.tps_limit,
+            headroom=campaign.headroom,
             retry_after_cap_s=campaign.retry_after_cap_s,
             on_rate_change=self.metrics.rate_limit.set,
             method_limits=dict(campaign.limits),

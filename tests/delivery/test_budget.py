@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import logging
+import math
 import socket
 import subprocess
 import time
@@ -328,7 +328,7 @@ async def test_a_reply_read_late_does_not_move_the_clock_offset(shared: Factory)
 
 
 async def test_a_time_woken_up_to_too_late_is_not_used(shared: Factory) -> None:
-    """A caller whose event loop stalled past its reserved time by more than LATE_S does
+    """A caller whose event loop stalled past its reserved time by more than late_s does
     not send on it (it would join the next holder's call in one window): it takes
     another, and the lost time is counted as expired."""
     throttle = shared(20.0)

@@ -43,6 +43,19 @@ async def test_calls_are_paced_evenly_under_the_limit() -> None:
     assert (stamps[-1] - stamps[0]) == pytest.approx(199 / 19.6)
 
 
+async def test_headroom_sets_the_pace_and_how_late_a_shared_time_may_be_used() -> None:
+    """campaign.headroom 0.99: calls 1/19.8 s apart at limit 20, and a shared time is void
+    past half the 10 ms that headroom leaves in a second (0.98: 10 ms of 20)."""
+    clock = FakeClock()
+    throttle = TenantThrottle(20, headroom=0.99, clock=clock, sleep=clock.sleep)
+    stamps = await grants(throttle, clock, 100)
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert min(gaps) == pytest.approx(1 / 19.8)
+    assert max(gaps) == pytest.approx(1 / 19.8)
+    assert throttle.late_s == pytest.approx((1 / 0.99 - 1) / 2)
+    assert TenantThrottle(20).late_s == pytest.approx(0.0102, abs=1e-4)
+
+
 async def test_window_cap_holds_even_if_pacing_asks_for_more() -> None:
     """The sliding window admits at most tps_limit calls per second, whatever the rate."""
     clock = FakeClock()

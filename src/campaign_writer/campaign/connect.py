@@ -48,7 +48,7 @@ async def schema_reader(campaign: CampaignConfig, timeout_s: float) -> AsyncIter
         client = CampaignClient(
             campaign.url,
             transport,
-            TenantThrottle(campaign.tps_limit, budget=budget),
+            TenantThrottle(campaign.tps_limit, headroom=campaign.headroom, budget=budget),
             wire=campaign.wire,
             max_response_bytes=campaign.max_response_bytes,
         )

@@ -56,10 +56,6 @@ class TenantThrottle:
     window cap, 429 pauses, and the learned limit when ``tps_limit = "auto"``."""
 
     MEASURE_S = 1.0  # window over which the accepted rate is measured
-    # A shared time used later than this is void: half the slack the headroom leaves in
-    # a 1 s window (1 / 0.98 - 1 = 20 ms), whatever the rate, so a late call never
-    # makes the 21st of a window on Campaign's side, with room for clock offsets.
-    LATE_S = 0.01
 
     def __init__(
         self,
@@ -75,6 +71,10 @@ class TenantThrottle:
         budget: SharedBudget | None = None,
     ) -> None:
         self.controller = RateController(tps_limit, headroom=headroom)
+        # A shared time used later than this is void: half the slack the headroom leaves
+        # in a 1 s window (1 / 0.98 - 1 = 20 ms), whatever the rate, so a late call never
+        # makes the 21st of a window on Campaign's side, with room for clock offsets.
+        self.late_s = max(0.001, (1.0 / headroom - 1.0) / 2)
         self.retry_after_cap_s = retry_after_cap_s
         self._clock = clock
         self._sleep = sleep
@@ -165,7 +165,7 @@ class TenantThrottle:
                 woke = self._clock()
                 if woke < self._paused_until:
                     return None, shared > now  # a 429 here while we waited: this time is void
-                if woke - shared > self.LATE_S:
+                if woke - shared > self.late_s:
                     # Woke too late (a stalled loop): sent now, it could join the next
                     # second's calls in one window of Campaign's. Take another time.
                     budget.slots_expired += 1
