@@ -138,7 +138,15 @@ SCALE_TARGETS = (
     ("auto: 95% of an unknown limit within 30 s", "auto-limit", "auto", "reach_s", 30.0, False),
     ("auto: 429s <= 2% over the run", "auto-limit", "auto", "throttled_ratio_run", 0.02, False),
     *(
-        (f"one writer alone, {model}: {name}", f"limiter-models/{model}", "writer", fig, b, up)
+        (
+            f"one writer alone, {model}{told}: {name}",
+            f"limiter-models/{model}{case}",
+            "writer",
+            fig,
+            b,
+            up,
+        )
+        for case, told in (("", ""), ("/headroom-0.99", " at headroom 0.99"))
         for model in ("sliding", "fixed", "token_bucket")
         for name, fig, b, up in (
             (">= 99% of the limit", "utilisation", 0.99, True),

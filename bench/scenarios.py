@@ -521,13 +521,24 @@ def build_cases(mode: str) -> dict[str, list[Case]]:
             replace(
                 _saturation(
                     mode,
-                    f"limiter-models/{model}",
+                    f"limiter-models/{model}{suffix}",
                     {"limiter": model},
                     f"Saturation (backlog) against the {label} limiter model, one writer "
-                    f"alone, measured over {models_window:g} s.",
+                    f"alone{told}, measured over {models_window:g} s.",
                 ),
                 duration_s=models_window,
                 figures=(*THROUGHPUT[:2], "max_ok_calls_in_1s", *THROUGHPUT[2:]),
+                subjects=subjects,
+                writer_sets=sets,
+            )
+            for suffix, told, subjects, sets in (
+                ("", "", ALL_SUBJECTS, ()),
+                (
+                    "/headroom-0.99",
+                    " with campaign.headroom = 0.99 (paced at 99% of the limit)",
+                    ("writer",),
+                    ("campaign.headroom=0.99",),
+                ),
             )
             for model, label in (
                 ("sliding", "sliding 1-second window"),
