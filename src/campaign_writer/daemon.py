@@ -41,7 +41,7 @@ from .sources import build_sources
 from .sources.http import HttpIntake
 from .throttle import TenantThrottle
 from .throttle.autolimit import LimitLearner, load_learned, save_learned
-from .throttle.budget import BudgetMode, SharedBudget
+from .throttle.budget import BudgetMode, SharedBudget, load_instances, save_instances
 
 __all__ = ["Daemon", "ThrottleFactory"]
 
@@ -51,7 +51,7 @@ log = get_logger("daemon")
 ThrottleFactory = Callable[[Config, Metrics], TenantThrottle]
 
 PROBE_INTERVAL_S = 15.0
-KEEP_LEARNED_S = 5.0  # how often a changed learned limit is written to the queue file
+KEEP_STATE_S = 5.0  # how often a changed learned limit or instance count is kept
 
 
 class Daemon:
@@ -86,6 +86,7 @@ class Daemon:
         self._probe: asyncio.Task[None] | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._learned_kept = 0.0
+        self._instances_kept = 0
         self._round_trips_counted = 0
         self._stopped = asyncio.Event()
         self._campaign_seen = 0.0
@@ -209,30 +210,45 @@ class Daemon:
         if learner is not None:
             throttle.on_limit_learned = self.metrics.learned_limit.set
             self.metrics.learned_limit.set(learner.limit)
-            self._keeper = asyncio.create_task(self._keep_learned(throttle))
         if budget is not None:
-            await budget.start()
+            kept = await load_instances(self.queue, budget.name)
+            self._instances_kept = kept or 0
+            await budget.start(kept or 1)
             self._budget_mode(budget.mode)
+        if learner is not None or budget is not None:
+            self._keeper = asyncio.create_task(self._keep_state(throttle))
         return throttle
 
     def _budget_mode(self, mode: BudgetMode) -> None:
         self.metrics.budget_shared.set(1 if mode == "shared" else 0)
         self.metrics.budget_fallback.set(1 if mode == "fallback" else 0)
 
-    async def _keep_learned(self, throttle: TenantThrottle) -> None:
-        """Write the learned limit into the queue file when it changed (every few s)."""
+    async def _keep_state(self, throttle: TenantThrottle) -> None:
+        """Write the learned limit and the instances sharing the budget into the queue
+        file when they changed (every few s), for the next start."""
         while True:
-            await asyncio.sleep(KEEP_LEARNED_S)
-            await self._save_learned(throttle)
+            await asyncio.sleep(KEEP_STATE_S)
+            await self._save_state(throttle)
 
-    async def _save_learned(self, throttle: TenantThrottle) -> None:
+    async def _save_state(self, throttle: TenantThrottle) -> None:
+        if self.queue is None:
+            return
         limit = throttle.controller.limit
-        if self.queue is not None and abs(limit - self._learned_kept) > 1e-3:
+        if throttle.learner is not None and abs(limit - self._learned_kept) > 1e-3:
             try:
                 await save_learned(self.queue, limit)
                 self._learned_kept = limit
             except CampaignWriterError as exc:
                 log.warning("could not keep the learned tps limit", extra={"error": str(exc)})
+        budget = throttle.budget
+        if budget is not None and budget.mode == "shared":
+            seen = budget.instances_seen
+            if seen != self._instances_kept:
+                try:
+                    await save_instances(self.queue, budget.name, seen)
+                    self._instances_kept = seen
+                except CampaignWriterError as exc:
+                    log.warning("could not keep the instance count", extra={"error": str(exc)})
 
     async def _check_schemas(self, client: CampaignClient, auth: Authenticator) -> None:
         """``campaign.check_schemas``: refuse to start when a route does not fit its schema.
@@ -334,8 +350,7 @@ class Daemon:
             await asyncio.gather(self._keeper, return_exceptions=True)
             self._keeper = None
         if isinstance(self.throttle, TenantThrottle):
-            if self.throttle.learner is not None:
-                await self._save_learned(self.throttle)
+            await self._save_state(self.throttle)
             if self.throttle.budget is not None:
                 await self.throttle.budget.close()
         if self.transport is not None:

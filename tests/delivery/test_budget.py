@@ -12,6 +12,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,16 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from campaign_writer.daemon import Daemon
+from campaign_writer.queue import DurableQueue
+from campaign_writer.testing import FakeTransport
 from campaign_writer.throttle import TenantThrottle
 from campaign_writer.throttle.autolimit import LimitLearner
-from campaign_writer.throttle.budget import SharedBudget
+from campaign_writer.throttle.budget import SharedBudget, load_instances
 from tests.delivery.test_throttle import max_in_any_window
 from tests.reliability.brokers import wait_port
 from tests.support.services import require_command
+from tests.support.writer import writer_config
 
 pytestmark = pytest.mark.services
 
@@ -54,7 +59,7 @@ def record_reservations(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     times: list[float] = []
     start = SharedBudget.start
 
-    async def recording_start(self: SharedBudget) -> None:
+    async def recording_start(self: SharedBudget, assumed_instances: int = 1) -> None:
         script = self._reserve
 
         async def reserve(*, keys: list[str], args: list[Any]) -> list[Any]:
@@ -64,7 +69,7 @@ def record_reservations(monkeypatch: pytest.MonkeyPatch) -> list[float]:
             return reply
 
         self._reserve = reserve  # type: ignore[assignment]
-        await start(self)
+        await start(self, assumed_instances)
 
     monkeypatch.setattr(SharedBudget, "start", recording_start)
     return times
@@ -409,3 +414,74 @@ async def test_a_clock_that_moved_is_followed_even_by_a_slow_round_trip(redis_po
         assert abs(budget.to_local(0.0) - offset - 0.5) < 0.04
     finally:
         await budget.close()
+
+
+async def test_a_writer_started_while_redis_is_away_takes_the_share_it_last_saw(
+    redis_port: int, tmp_path: Path
+) -> None:
+    """A writer keeps in its queue file how many instances shared its budget; started
+    again while Redis is out of reach, it paces at its share of that many (0.9 / 2 here),
+    not at the whole limit as if it were alone."""
+    name = f"kept-{uuid.uuid4().hex[:12]}"
+    other = SharedBudget(f"redis://127.0.0.1:{redis_port}/0", name)
+    await other.start()
+    config = writer_config(
+        "https://campaign.test",
+        tmp_path,
+        campaign__budget={"redis_url": f"redis://127.0.0.1:{redis_port}/0", "name": name},
+        sources=[],
+    )
+    daemon = Daemon(config, transport=FakeTransport())
+    try:
+        await daemon.start()
+        try:
+            assert daemon.stats()["throttle"]["instances_seen"] == 2
+        finally:
+            await daemon.close()
+    finally:
+        await other.close()
+    queue = await DurableQueue.open(config.queue.path)
+    try:
+        assert await load_instances(queue, name) == 2
+        assert await load_instances(queue, "another-budget") is None
+    finally:
+        await queue.close()
+    with contextlib.closing(socket.socket()) as probe:
+        probe.bind(("127.0.0.1", 0))
+        nobody = probe.getsockname()[1]  # closed again: nothing answers there
+    away = replace(
+        config,
+        campaign=replace(
+            config.campaign,
+            budget=replace(config.campaign.budget, redis_url=f"redis://127.0.0.1:{nobody}/0"),
+        ),
+    )
+    daemon = Daemon(away, transport=FakeTransport())
+    await daemon.start()
+    try:
+        throttle = daemon.stats()["throttle"]
+        assert (throttle["budget"], throttle["instances_seen"]) == ("fallback", 2)
+        assert daemon.throttle is not None and daemon.throttle.share == pytest.approx(0.45)
+    finally:
+        await daemon.close()
+
+
+async def test_a_call_cancelled_while_redis_answers_is_cancelled(shared: Factory) -> None:
+    """A task cancelled at any point of a round trip ends cancelled: none goes on as if
+    nothing happened (redis-py's own socket timeout swallowed about half of them, and a
+    writer with a shared budget then hung on stop)."""
+    throttle = shared(20.0)
+    await start(throttle)
+    budget = throttle.budget
+    assert budget is not None
+    went_on = 0
+    for attempt in range(120):
+        task = asyncio.create_task(budget._round_trip(1))
+        for _ in range(attempt % 6):
+            await asyncio.sleep(0)  # cancel at each step of the exchange in turn
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+            went_on += 1
+    assert went_on == 0
+    assert await budget._round_trip(0) == 0  # and the connection still answers rightly

@@ -56,9 +56,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..backoff import delay
+from ..errors import QueueError
 from ..logs import get_logger
+from .autolimit import StateStore
 
-__all__ = ["BudgetMode", "SharedBudget"]
+__all__ = ["BudgetMode", "SharedBudget", "load_instances", "save_instances"]
 
 log = get_logger("budget")
 
@@ -184,8 +186,9 @@ class SharedBudget:
         self._sleep = sleep
         self._redis = aioredis.Redis.from_url(
             redis_url,
-            socket_timeout=self.REDIS_TIMEOUT_S,
-            socket_connect_timeout=self.REDIS_TIMEOUT_S,
+            # No socket_timeout: redis-py's (7.4 on Python 3.11) can swallow a cancellation
+            # that lands while it waits for a reply, and a writer told to stop went on
+            # sleeping. Every command is bounded by asyncio's own timeout instead (_bounded).
             retry=Retry(NoBackoff(), 0),
             decode_responses=True,
         )
@@ -232,8 +235,10 @@ class SharedBudget:
 
     # --- lifecycle -------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Join (one round trip; Redis down means starting in fallback) and start beating."""
+    async def start(self, assumed_instances: int = 1) -> None:
+        """Join (one round trip; Redis down means starting in fallback, at the share of
+        ``assumed_instances``, as many as were seen last time) and start beating."""
+        self.instances_seen = max(1, assumed_instances)
         await self._round_trip(0)
         self._task = asyncio.create_task(self._heartbeat())
 
@@ -243,7 +248,7 @@ class SharedBudget:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         with contextlib.suppress(RedisError, OSError):
-            await self._redis.zrem(self._keys["alive"], self.instance_id)
+            await self._bounded(self._redis.zrem(self._keys["alive"], self.instance_id))
         await self._redis.aclose()
 
     # --- admission -------------------------------------------------------------------
@@ -339,8 +344,10 @@ class SharedBudget:
         self._held.clear()
         try:
             self.round_trips += 1
-            _, until_us = await self._pause(
-                keys=[self._keys["pause"], self._keys["tat"]], args=[int(seconds * _US)]
+            _, until_us = await self._bounded(
+                self._pause(
+                    keys=[self._keys["pause"], self._keys["tat"]], args=[int(seconds * _US)]
+                )
             )
         except (RedisError, OSError) as exc:
             self._lost(exc)
@@ -354,7 +361,7 @@ class SharedBudget:
             pairs += [key, value]
         try:
             self.round_trips += 1
-            written = await self._publish(keys=[self._keys["state"]], args=pairs)
+            written = await self._bounded(self._publish(keys=[self._keys["state"]], args=pairs))
         except (RedisError, OSError) as exc:
             self._lost(exc)
             return False
@@ -370,6 +377,12 @@ class SharedBudget:
 
     # --- Redis -----------------------------------------------------------------------
 
+    async def _bounded(self, command: Awaitable[Any]) -> Any:
+        """One Redis command (connecting first if needed), given up after
+        :attr:`REDIS_TIMEOUT_S` with a TimeoutError (an OSError: Redis is lost)."""
+        async with asyncio.timeout(self.REDIS_TIMEOUT_S):
+            return await command
+
     async def _round_trip(self, k: int) -> int | None:
         """Reserve ``k`` times (0: heartbeat only); how many were reserved, None if lost."""
         rate = max(self._rate() * self.ramp(), 1e-3)
@@ -377,17 +390,21 @@ class SharedBudget:
         sent_at = self._clock()
         try:
             self.round_trips += 1
-            reply: list[Any] = await self._reserve(
-                keys=[self._keys[name] for name in ("tat", "pause", "alive", "state", "accepted")],
-                args=[
-                    k,
-                    max(1, int(_US / rate)),
-                    self.instance_id,
-                    int(self.HEARTBEAT_TTL_S * _US),
-                    accepted,
-                    int(self.MAX_AHEAD_S * _US),
-                    int(self.ACTIVE_S * _US),
-                ],
+            reply: list[Any] = await self._bounded(
+                self._reserve(
+                    keys=[
+                        self._keys[name] for name in ("tat", "pause", "alive", "state", "accepted")
+                    ],
+                    args=[
+                        k,
+                        max(1, int(_US / rate)),
+                        self.instance_id,
+                        int(self.HEARTBEAT_TTL_S * _US),
+                        accepted,
+                        int(self.MAX_AHEAD_S * _US),
+                        int(self.ACTIVE_S * _US),
+                    ],
+                )
             )
         except (RedisError, OSError) as exc:
             self._accepted_since += accepted
@@ -476,3 +493,26 @@ class SharedBudget:
                         await self._round_trip(0)
                     wait = self.HEARTBEAT_S
             await asyncio.sleep(min(wait, self.HEARTBEAT_S))
+
+
+# --- kept across restarts --------------------------------------------------------------
+
+
+def _instances_key(name: str) -> str:
+    return f"budget.{name}.instances_seen"
+
+
+async def load_instances(store: StateStore, name: str) -> int | None:
+    """How many instances shared budget ``name`` when this writer last ran (from its
+    queue file), or None. A writer that starts while Redis is out of reach takes its
+    share from it, instead of taking the whole limit as if it were alone."""
+    with contextlib.suppress(QueueError, ValueError):
+        text = await store.recall(_instances_key(name))
+        if text is not None and 1 <= (count := int(text)) <= 10_000:
+            return count
+    return None
+
+
+async def save_instances(store: StateStore, name: str, count: int) -> None:
+    """Keep the number of instances last seen sharing budget ``name``."""
+    await store.remember(_instances_key(name), str(count))
