@@ -7,7 +7,10 @@ against the same simulator, each with its own queue file and its own role:
 * ``backlog``: restarts on a copy of the invocation's backlog queue file;
 * ``light``: an empty queue, fed Poisson arrivals over HTTP at ``light_rate`` events/s
   (a few calls per second: each linger sends what came);
-* ``idle``: an empty queue, fed nothing (it still runs, and a shared budget sees it).
+* ``idle``: an empty queue, fed nothing (it still runs, and a shared budget sees it);
+* ``two-routes``: restarts on a copy of a second backlog queue file, whose events go
+  to two routes with different SOAP methods (Ingest and WriteCollection), mixed in
+  the ratio of their limits in :data:`bench.scenarios.METHOD_LIMITS`.
 
 The subjects differ only in the settings every member runs with:
 
@@ -16,7 +19,9 @@ The subjects differ only in the settings every member runs with:
   than 0, or a Redis of its own in the case where Redis dies);
 * ``storm``: each at the full limit, each with its own budget (the 429 storm);
 * ``split``: each at the limit divided by the number of writers (the static split);
-* ``auto`` and ``known``: ``tps_limit = "auto"``, or the limit told, as today.
+* ``auto`` and ``known``: ``tps_limit = "auto"``, or the limit told, as today;
+* ``per-method`` and ``tenant-only``: told the case's per-method limits in
+  ``[campaign.limits]`` as well as the tenant's, or the tenant's alone.
 
 In a Redis-loss case the harness starts its own ``redis-server`` on a free port,
 SIGKILLs it ``redis_kill_s`` into the run and starts it again on the same port
@@ -37,23 +42,45 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .load import Events, Feeder, HttpSink
+from .load import Events, Feeder, HttpSink, TwoRouteEvents
 from .measure import Limits, window_figures
 from .procs import SimulatorProcess, free_port
-from .scenarios import LINGER_MS, MAX_RECORDS
+from .scenarios import LINGER_MS, MAX_RECORDS, METHOD_LIMITS
 from .subjects import SubjectUnavailable, WriterSubject, writer_settings
-from .windows import busiest_window, count_between, is_ok, time_to_reach, windows_over
+from .windows import (
+    busiest_window,
+    count_between,
+    is_ok,
+    method_figures,
+    time_to_reach,
+    windows_over,
+)
 
 if TYPE_CHECKING:
     from .runner import Bench
     from .scenarios import Case
 
-__all__ = ["FLEET_SUBJECTS", "RedisServer", "fleet_figures", "run_fleet"]
+__all__ = [
+    "FLEET_SUBJECTS",
+    "TWO_ROUTES",
+    "RedisServer",
+    "fleet_figures",
+    "run_fleet",
+    "two_route_events",
+]
 
-FLEET_SUBJECTS = ("shared", "storm", "split", "auto", "known")
+FLEET_SUBJECTS = ("shared", "storm", "split", "auto", "known", "per-method", "tenant-only")
 SAMPLE_EVERY_S = 0.5
 # The shared Redis on 127.0.0.1:6379, in a database the tests leave alone.
 SHARED_REDIS = "redis://127.0.0.1:6379/3"
+# The role of a member whose backlog feeds two routes with different SOAP methods.
+TWO_ROUTES = "two-routes"
+
+
+def two_route_events() -> Events:
+    """The events of the ``two-routes`` backlog: Ingest and WriteCollection records in
+    the ratio of their limits, so that neither lane runs dry before the other."""
+    return TwoRouteEvents(round(METHOD_LIMITS["Ingest"]), round(METHOD_LIMITS["WriteCollection"]))
 
 
 def _throttled(call: dict[str, Any]) -> bool:
@@ -112,6 +139,9 @@ def member_settings(
     settings = writer_settings(campaign_url, queue_path, tps, MAX_RECORDS, LINGER_MS)
     if subject == "auto":
         settings.append('campaign.tps_limit="auto"')
+    if subject == "per-method":
+        for method, limit in case.extra["method_limits"].items():
+            settings.append(f"campaign.limits.{method}={limit:g}")
     if subject == "shared" or (subject == "auto" and writers > 1):
         url, name = budget
         settings += [f'campaign.budget.redis_url="{url}"', f'campaign.budget.name="{name}"']
@@ -164,6 +194,8 @@ class _Fleet:
             queue_path = work / f"{stem}-{index}.sqlite3"
             if role == "backlog":
                 await self.bench.backlog.copy_to(queue_path, self.case.backlog_needed())
+            elif role == TWO_ROUTES:
+                await self.bench.two_routes.copy_to(queue_path, self.case.backlog_needed())
             settings = member_settings(self.subject, self.case, sim.url, queue_path, budget)
             log_path = self._logs() / f"{self.subject}-{self.repeat}-{index}-{role}.log"
             member = WriterSubject("writer", settings, log_path, queue_path)
@@ -387,6 +419,8 @@ def fleet_figures(case: Case, run: dict[str, Any]) -> dict[str, Any]:
         )["utilisation"]
     if case.scenario == "auto-limit":
         figures.update(_auto_figures(case, run, limits))
+    if "method_limits" in case.extra:
+        figures.update(method_figures(calls, t0, start, end, case.extra["method_limits"]))
     return figures
 
 

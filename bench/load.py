@@ -26,12 +26,15 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-__all__ = ["POISON", "Events", "Feeder", "HttpSink", "PipeSink"]
+__all__ = ["POISON", "Events", "Feeder", "HttpSink", "PipeSink", "TwoRouteEvents"]
 
 POISON = "__POISON__"  # the simulator refuses a record with a value containing it
 _LINE = (
     b'{"type":"sample","id":"e%d","testcol1":"user%d@example.com|campaign-%d%s",'
     b'"testcol2":"%.6f"}\n'
+)
+_RECIPIENT_LINE = (
+    b'{"type":"recipient","email":"user%d@example.com","firstName":"first%d","lastName":"last%d"}\n'
 )
 _SHARE_SCALE = 1_000_000
 
@@ -58,6 +61,31 @@ class Events:
                 marker = b"|" + POISON.encode()
                 self.poisoned += 1
             lines.append(_LINE % (number, number, number % 17, marker, stamp))
+        self.next_id += count
+        return lines
+
+
+class TwoRouteEvents(Events):
+    """Events for two routes of ``config/example.toml`` with different methods, interleaved:
+    of every ``sample_every + recipient_every`` events, ``sample_every`` are sample events
+    (Ingest into ``dem:sampleTableStg``) and the rest ``recipient`` events
+    (WriteCollection into ``nms:recipient``, keyed on a distinct email each)."""
+
+    def __init__(self, sample_every: int, recipient_every: int) -> None:
+        super().__init__()
+        if sample_every < 1 or recipient_every < 1:
+            raise ValueError("each route needs a share of at least 1")
+        self.cycle = sample_every + recipient_every
+        self.sample_every = sample_every
+
+    def take(self, count: int, created: float | None = None) -> list[bytes]:
+        stamp = time.time() if created is None else created
+        lines = []
+        for number in range(self.next_id, self.next_id + count):
+            if number % self.cycle < self.sample_every:
+                lines.append(_LINE % (number, number, number % 17, b"", stamp))
+            else:
+                lines.append(_RECIPIENT_LINE % (number, number, number))
         self.next_id += count
         return lines
 

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["format_figure", "render"]
+__all__ = ["format_figure", "label", "render"]
 
-ORDER = ("writer", "cubic", "sdk", "unitary", "shared", "storm", "split", "auto", "known")
+ORDER = (
+    "writer",
+    "cubic",
+    "sdk",
+    "unitary",
+    "shared",
+    "storm",
+    "split",
+    "auto",
+    "known",
+    "per-method",
+    "tenant-only",
+)
 LABELS = {
     "utilisation": "successful calls / limit",
     "throttled_ratio": "429s / calls",
@@ -73,7 +85,17 @@ LABELS = {
     "utilisation_after_rise": "utilisation, second half of the raised limit",
     "throttled_ratio_run": "429s / calls over the run",
     "learned_limit_end": "learned limit at the end (calls/s)",
+    "limit_share": "successful calls / its own limit",
 }
+
+
+def label(figure: str) -> str:
+    """A figure's name for people; ``<method>.<figure>`` (one SOAP method's figure, as
+    the method-limits case reports them) reads ``<method>: <label of figure>``."""
+    method, dot, base = figure.partition(".")
+    if dot and base in LABELS:
+        return f"{method}: {LABELS[base]}"
+    return LABELS.get(figure, figure)
 
 
 # The first rule whose ending matches the figure's name decides how it is shown.
@@ -143,7 +165,7 @@ def _case(name: str, case: dict[str, Any]) -> list[str]:
                 )
                 for s in subjects
             ]
-            lines.append(f"| {LABELS.get(figure, figure)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {label(figure)} | " + " | ".join(cells) + " |")
         lines.append("")
         if case["ratios"]:
             peers = [s for s in subjects if s in case["ratios"]]
@@ -157,7 +179,7 @@ def _case(name: str, case: dict[str, Any]) -> list[str]:
                 if all(v is None for v in values):
                     continue
                 cells = ["–" if v is None else f"{v:.2f}x" for v in values]
-                lines.append(f"| {LABELS.get(figure, figure)} | " + " | ".join(cells) + " |")
+                lines.append(f"| {label(figure)} | " + " | ".join(cells) + " |")
             lines.append("")
     for subject, reason in case["skipped"].items():
         lines.append(f"- **{subject} skipped**: {reason}")

@@ -21,7 +21,7 @@ import orjson
 from .markdown import format_figure, render
 from .measure import summarise
 from .procs import REPO, machine_info
-from .scenarios import LATENCY_MS, LINGER_MS, MAX_RECORDS, TPS, build_cases
+from .scenarios import LATENCY_MS, LINGER_MS, MAX_RECORDS, METHOD_LIMITS, TPS, build_cases
 
 __all__ = ["build_report", "format_figure", "list_scenarios", "targets", "write_report"]
 
@@ -137,6 +137,25 @@ SCALE_TARGETS = (
     ),
     ("auto: 95% of an unknown limit within 30 s", "auto-limit", "auto", "reach_s", 30.0, False),
     ("auto: 429s <= 2% over the run", "auto-limit", "auto", "throttled_ratio_run", 0.02, False),
+    *(
+        (
+            f"per-method limits: {method} >= 95% of its own limit",
+            "method-limits",
+            "per-method",
+            f"{method}.limit_share",
+            0.95,
+            True,
+        )
+        for method in METHOD_LIMITS
+    ),
+    (
+        "per-method limits: 429s <= 0.5%",
+        "method-limits",
+        "per-method",
+        "throttled_ratio",
+        0.005,
+        False,
+    ),
     *(
         (
             f"one writer alone, {model}{told}: {name}",

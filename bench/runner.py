@@ -33,7 +33,7 @@ import orjson
 
 from . import wakecost
 from .analysis import run_figures
-from .fleet import FLEET_SUBJECTS, run_fleet
+from .fleet import FLEET_SUBJECTS, TWO_ROUTES, run_fleet, two_route_events
 from .load import Events
 from .procs import REPO, MachineSampler, SimulatorProcess, machine_info
 from .scenarios import (
@@ -105,6 +105,10 @@ class Bench:
         self.out.mkdir(parents=True, exist_ok=True)
         self.work = Path(tempfile.mkdtemp(prefix="cw-bench-"))
         self.backlog = Backlog(self.work, self.out / "logs")
+        # The method-limits case's backlog: events for an Ingest and a WriteCollection route.
+        self.two_routes = Backlog(
+            self.work, self.out / "logs", name=TWO_ROUTES, make_events=two_route_events
+        )
         self.cases: dict[str, dict[str, Any]] = {}
         self._last_stop = 0.0
         self.started = time.time()
@@ -129,6 +133,7 @@ class Bench:
             "finished": time.time(),
             "machine_at_start": self.machine_at_start,
             "backlog_fill": self.backlog.figures,
+            "two_routes_fill": self.two_routes.figures,
             "wake_cost": self.wake_cost,
             "cases": {
                 name: {"skipped": result["skipped"], "errors": result["errors"]}
@@ -449,8 +454,12 @@ async def run(options: Options) -> int:
             print("wake cost: sleeping and empty-responder probes", flush=True)
             bench.wake_cost = await measure_wake_cost(bench.out / "logs", options.scale)
             bench.record_invocation()
-        if {"writer", "cubic"} & set(options.subjects) or any(c.load == "fleet" for c in cases):
-            await bench.backlog.prepare(max((c.backlog_needed() for c in cases), default=0))
+        two_routes = [c for c in cases if TWO_ROUTES in c.extra.get("roles", ())]
+        plain = [c for c in cases if c not in two_routes]
+        if {"writer", "cubic"} & set(options.subjects) or any(c.load == "fleet" for c in plain):
+            await bench.backlog.prepare(max((c.backlog_needed() for c in plain), default=0))
+        if two_routes:
+            await bench.two_routes.prepare(max(c.backlog_needed() for c in two_routes))
         for case in cases:
             print(f"{case.name}: {case.description}", flush=True)
             bench.cases[case.name] = await bench.run_case(case)

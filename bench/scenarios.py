@@ -14,7 +14,8 @@ timed control changes), how load arrives, and for how long:
 * ``intake`` and ``memory``: writer-only measurements (see :mod:`bench.special`);
 * ``fleet``: several writer processes at once on one tenant, each in a role
   (``extra["roles"]``: ``backlog``, ``light`` or ``idle``), the subjects being how
-  they share the budget (see :mod:`bench.fleet`).
+  they share the budget (see :mod:`bench.fleet`); role ``two-routes`` is a backlog
+  on two routes with different SOAP methods (``method-limits``).
 
 Capacity is ``tps_limit x max_records`` records/s (20 x 500 = 10,000 by default).
 Durations of the quick mode keep ``make bench`` near a minute; the full mode is
@@ -31,6 +32,7 @@ __all__ = [
     "ALL_SUBJECTS",
     "BASE_KNOBS",
     "DEFAULT_QUICK",
+    "METHOD_LIMITS",
     "SCENARIOS",
     "Case",
     "Phase",
@@ -40,6 +42,10 @@ __all__ = [
 ALL_SUBJECTS = ("writer", "unitary", "sdk", "cubic")
 SCALE_OUT_SUBJECTS = ("shared", "storm", "split")
 AUTO_SUBJECTS = ("auto", "known")
+METHOD_SUBJECTS = ("per-method", "tenant-only")
+# Per-method limits inside the tenant's (issue 20): what the simulator enforces in the
+# method-limits case and what the per-method subject is told in [campaign.limits].
+METHOD_LIMITS = {"Ingest": 12.0, "WriteCollection": 5.0}
 TPS = 20.0
 MAX_RECORDS = 500
 LINGER_MS = 200
@@ -63,6 +69,7 @@ BASE_KNOBS: dict[str, Any] = {
     "timeout_hold_s": 30.0,
     "poison_rate": 0.0,
     "schedule": [],
+    "method_limits": {},
 }
 
 
@@ -181,6 +188,13 @@ REDIS_LOSS = (
     "utilisation_after_loss",
     "fallback_members",
 )
+METHOD = (
+    "ok_calls_per_s",
+    "limit_share",
+    "throttled_calls",
+    "max_ok_calls_in_1s",
+    "max_calls_in_1s",
+)
 AUTO = (
     "reach_s",
     "throttled_finding",
@@ -295,7 +309,44 @@ def _fleet_cases(mode: str) -> dict[str, list[Case]]:
         subjects=("auto",),
         extra={"roles": ("backlog", "backlog", "backlog")},
     )
-    return {"scale-out": [backlog, uneven, loss], "auto-limit": [auto, together]}
+    methods = Case(
+        name="method-limits",
+        scenario="method-limits",
+        description=(
+            f"One writer with a backlog on two routes, sample (Ingest) and recipient "
+            f"(WriteCollection), mixed {METHOD_LIMITS['Ingest']:g}:"
+            f"{METHOD_LIMITS['WriteCollection']:g}; the tenant allows {TPS:g} calls/s "
+            "(sliding window) and, inside it, "
+            + ", ".join(f"{m} {limit:g}/s" for m, limit in METHOD_LIMITS.items())
+            + ". per-method: told the same limits in [campaign.limits]; tenant-only: told the "
+            f"tenant limit alone. Over {window:g} s after a {warmup:g} s warm-up: each method's "
+            "successful calls/s and share of its own limit, its 429s and busiest second; the "
+            f"tenant's utilisation (at most {sum(METHOD_LIMITS.values()) / TPS:.0%}, all the "
+            "method limits allow)."
+        ),
+        load="fleet",
+        knobs={"method_limits": dict(METHOD_LIMITS)},
+        warmup_s=warmup,
+        duration_s=window,
+        subjects=METHOD_SUBJECTS,
+        figures=(
+            *(f"{method}.{figure}" for method in METHOD_LIMITS for figure in METHOD),
+            "utilisation",
+            "ok_calls_per_s",
+            "throttled_calls",
+            "throttled_ratio",
+            "max_ok_calls_in_1s",
+            "batch_fill",
+            "window_s",
+            "cpu_s",
+        ),
+        extra={"roles": ("two-routes",), "method_limits": dict(METHOD_LIMITS)},
+    )
+    return {
+        "scale-out": [backlog, uneven, loss],
+        "auto-limit": [auto, together],
+        "method-limits": [methods],
+    }
 
 
 def build_cases(mode: str) -> dict[str, list[Case]]:

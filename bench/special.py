@@ -24,6 +24,7 @@ import asyncio
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -56,8 +57,11 @@ class Bench(Protocol):
 BROKERS = ("rabbitmq", "redis", "nats", "kafka")
 
 
-async def fill(queue_path: Path, count: int, log_path: Path) -> dict[str, Any]:
-    """Post ``count`` events to a writer that cannot reach Campaign; figures of intake."""
+async def fill(
+    queue_path: Path, count: int, log_path: Path, events: Events | None = None
+) -> dict[str, Any]:
+    """Post ``count`` events (sample events unless ``events`` says otherwise) to a writer
+    that cannot reach Campaign; figures of intake."""
     unreachable = f"http://127.0.0.1:{free_port()}"
     subject = make_subject(
         "writer",
@@ -73,7 +77,7 @@ async def fill(queue_path: Path, count: int, log_path: Path) -> dict[str, Any]:
     try:
         before = subject.child.sample()
         started = time.perf_counter()
-        feeder = subject.feeder(Events())
+        feeder = subject.feeder(events or Events())
         await feeder.backlog(count, chunk=2000)
         wall = time.perf_counter() - started
         after = subject.child.sample()
@@ -95,11 +99,23 @@ async def fill(queue_path: Path, count: int, log_path: Path) -> dict[str, Any]:
 
 
 class Backlog:
-    """One master queue file, filled once, copied for every backlog run."""
+    """One master queue file, filled once, copied for every backlog run.
 
-    def __init__(self, work: Path, logs: Path) -> None:
-        self.path = work / "master" / "queue.sqlite3"
+    ``name`` tells two masters apart (each its own directory and fill log); ``make_events``
+    gives the events to fill it with (sample events by default)."""
+
+    def __init__(
+        self,
+        work: Path,
+        logs: Path,
+        *,
+        name: str = "master",
+        make_events: Callable[[], Events] = Events,
+    ) -> None:
+        self.path = work / name / "queue.sqlite3"
         self.logs = logs
+        self.name = name
+        self.make_events = make_events
         self.events = 0
         self.figures: dict[str, Any] | None = None
 
@@ -108,7 +124,8 @@ class Backlog:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         print(f"filling a backlog of {count:,} events over HTTP ...", flush=True)
-        self.figures = await fill(self.path, count, self.logs / "backlog-fill.log")
+        log = "backlog-fill.log" if self.name == "master" else f"backlog-fill-{self.name}.log"
+        self.figures = await fill(self.path, count, self.logs / log, self.make_events())
         self.events = count
         print(
             f"  {self.figures['events_per_s']:,.0f} events/s, "

@@ -1,5 +1,6 @@
 """Window counts over the simulator's call log: the busiest second, the seconds over the
-limit, and how long until the successful calls reach a share of the limit.
+limit, how long until the successful calls reach a share of the limit, and each SOAP
+method's figures against a limit of its own.
 
 Pure functions on call-log entries (``t`` is the arrival time in unix seconds,
 ``status`` and ``outcome`` as :mod:`bench.measure` reads them), tested on made-up
@@ -14,7 +15,7 @@ more than the limit in force at its end.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .measure import Limits
@@ -23,6 +24,7 @@ __all__ = [
     "busiest_window",
     "count_between",
     "is_ok",
+    "method_figures",
     "time_to_reach",
     "windows_over",
 ]
@@ -126,3 +128,28 @@ def time_to_reach(
         if run == hold:
             return (index - hold + 2) * width
     return None
+
+
+def method_figures(
+    calls: Sequence[Call], t0: float, start: float, end: float, limits: Mapping[str, float]
+) -> dict[str, float | int | None]:
+    """Each limited method's figures over the calls arriving in ``[start, end)``, named
+    ``<method>.<figure>``: successful calls/s, their share of the method's own limit,
+    429s, and the most successful calls and the most calls (429s included) in any
+    one-second window. A method absent from ``limits`` is left out."""
+    width = end - start
+    figures: dict[str, float | int | None] = {}
+    for method, limit in limits.items():
+        mine = [c for c in calls if c["method"] == method]
+        served = count_between(mine, t0, start, end, is_ok)
+        per_s = served / width if width > 0 else None
+        figures[f"{method}.ok_calls_per_s"] = per_s
+        figures[f"{method}.limit_share"] = per_s / limit if per_s is not None else None
+        figures[f"{method}.throttled_calls"] = count_between(
+            mine, t0, start, end, lambda call: bool(call["status"] == 429)
+        )
+        figures[f"{method}.max_ok_calls_in_1s"] = busiest_window(mine, t0, start, end)
+        figures[f"{method}.max_calls_in_1s"] = busiest_window(
+            mine, t0, start, end, keep=lambda call: True
+        )
+    return figures

@@ -5,19 +5,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 from bench.analysis import run_figures
-from bench.fleet import member_settings
-from bench.scenarios import build_cases
+from bench.fleet import member_settings, two_route_events
+from bench.report import targets
+from bench.scenarios import METHOD_LIMITS, build_cases
+from bench.subjects import EXAMPLE_CONFIG
+
+from campaign_writer.config import load
+from campaign_writer.router import Router
 
 T0 = 1_000_000.0
 
 
-def call(t: float, status: int = 200) -> dict:
+def call(t: float, status: int = 200, method: str = "Ingest") -> dict:
     outcome = {200: "ok", 429: "throttled"}.get(status, "inject:500")
     return {
         "t": T0 + t,
-        "method": "Ingest",
+        "method": method,
         "records": 500 if status == 200 else 0,
         "status": status,
         "latency_ms": 50.0,
@@ -25,9 +31,11 @@ def call(t: float, status: int = 200) -> dict:
     }
 
 
-def evenly(start: float, end: float, per_s: float, status: int = 200) -> list[dict]:
+def evenly(
+    start: float, end: float, per_s: float, status: int = 200, method: str = "Ingest"
+) -> list[dict]:
     count = round((end - start) * per_s)
-    return [call(start + (i + 0.5) / per_s, status) for i in range(count)]
+    return [call(start + (i + 0.5) / per_s, status, method) for i in range(count)]
 
 
 def case(name: str, mode: str = "quick"):
@@ -201,3 +209,61 @@ def test_a_figure_some_repeats_lack_says_how_many_have_it() -> None:
     every = {"median": 11.0, "min": 11.0, "max": 19.0, "n": 2}
     assert _cell("reach_s", every, 2) == "11.00 s (11.00 s–19.00 s)"
     assert _cell("reach_s", None, 3) == "–"
+
+
+def test_only_the_per_method_subject_is_told_the_method_limits(tmp_path: Path) -> None:
+    """per-method runs with [campaign.limits] as the simulator enforces them (and the
+    writer's config takes them); tenant-only with the tenant limit alone; the simulator
+    of every other case enforces no method limit."""
+    methods = case("method-limits")
+    budget = ("redis://127.0.0.1:6379/3", "bench-run-1")
+    told = member_settings("per-method", methods, "http://sim", tmp_path / "q", budget)
+    alone = member_settings("tenant-only", methods, "http://sim", tmp_path / "q", budget)
+    assert [s for s in told if s not in alone] == [
+        "campaign.limits.Ingest=12",
+        "campaign.limits.WriteCollection=5",
+    ]
+    assert not any("limits" in s or "budget" in s for s in alone)
+    config = load(EXAMPLE_CONFIG, told)
+    assert dict(config.campaign.limits) == methods.knobs_for_run()["method_limits"]
+    assert dict(config.campaign.limits) == METHOD_LIMITS
+    others = [c for cases in build_cases("quick").values() for c in cases]
+    assert all(c.knobs_for_run()["method_limits"] == {} for c in others if c != methods)
+
+
+def test_the_two_route_backlog_feeds_both_methods_in_the_ratio_of_their_limits() -> None:
+    """Of every 17 events, 12 go to the Ingest route and 5 to the WriteCollection route,
+    each with a key of its own (nothing merges)."""
+    lines = two_route_events().take(170, created=0.0)
+    router = Router.from_config(load(EXAMPLE_CONFIG))
+    routing = router.route_lines(lines, source="t", created_at=0.0)
+    assert routing.rejected == []
+    methods = [item.lane.rpartition("#")[2] for item in routing.items]
+    assert methods.count("Ingest") == 120 and methods.count("WriteCollection") == 50
+    assert len({item.key for item in routing.items}) == 170
+    assert orjson.loads(lines[12])["type"] == "recipient"
+
+
+def test_method_limits_figures_and_targets() -> None:
+    """The case reports each method against its own limit and the tenant's utilisation;
+    its targets read the per-method subject's medians."""
+    methods = case("method-limits")
+    calls = (
+        evenly(0, 25, 11.8)
+        + evenly(0, 25, 4.9, method="WriteCollection")
+        + [call(10.0, 429, "WriteCollection")]
+    )
+    figures = run_figures(methods, fleet_run(calls, [member("two-routes", None)], 25.0))
+    assert figures["Ingest.limit_share"] == pytest.approx(11.8 / 12)
+    assert figures["WriteCollection.ok_calls_per_s"] == pytest.approx(4.9)
+    assert figures["WriteCollection.throttled_calls"] == 1
+    assert figures["Ingest.throttled_calls"] == 0
+    assert figures["utilisation"] == pytest.approx((11.8 + 4.9) / 20)
+    assert figures["throttled_calls"] == 1
+    assert set(methods.figures) <= set(figures)
+    summary = {k: {"median": v} for k, v in figures.items()}
+    report = {"cases": {"method-limits": {"subjects": {"per-method": {"figures": summary}}}}}
+    rows = {row["target"]: row for row in targets(report) if row["source"].startswith("method")}
+    assert rows["per-method limits: Ingest >= 95% of its own limit"]["met"] is True
+    assert rows["per-method limits: WriteCollection >= 95% of its own limit"]["met"] is True
+    assert rows["per-method limits: 429s <= 0.5%"]["met"] is True

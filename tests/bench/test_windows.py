@@ -4,19 +4,27 @@ logs."""
 from __future__ import annotations
 
 from bench.measure import Limits
-from bench.windows import busiest_window, count_between, time_to_reach, windows_over
+from bench.windows import (
+    busiest_window,
+    count_between,
+    method_figures,
+    time_to_reach,
+    windows_over,
+)
 
 T0 = 1_000_000.0
 
 
-def call(t: float, status: int = 200) -> dict:
+def call(t: float, status: int = 200, method: str = "Ingest") -> dict:
     outcome = {200: "ok", 429: "throttled"}.get(status, "inject:500")
-    return {"t": T0 + t, "method": "Ingest", "records": 10, "status": status, "outcome": outcome}
+    return {"t": T0 + t, "method": method, "records": 10, "status": status, "outcome": outcome}
 
 
-def evenly(start: float, end: float, per_s: float, status: int = 200) -> list[dict]:
+def evenly(
+    start: float, end: float, per_s: float, status: int = 200, method: str = "Ingest"
+) -> list[dict]:
     count = round((end - start) * per_s)
-    return [call(start + (i + 0.5) / per_s, status) for i in range(count)]
+    return [call(start + (i + 0.5) / per_s, status, method) for i in range(count)]
 
 
 def test_busiest_window_slides_rather_than_counting_calendar_seconds() -> None:
@@ -79,3 +87,38 @@ def test_count_between_keeps_what_it_is_told() -> None:
     """429s arriving in [start, end) are counted; those outside are not."""
     calls = evenly(0, 10, 2, status=429) + evenly(0, 10, 5)
     assert count_between(calls, T0, 2.0, 4.0, lambda c: c["status"] == 429) == 4
+
+
+def test_method_figures_count_each_method_against_its_own_limit() -> None:
+    """Ingest at 12/s and WriteCollection at 4/s, with one WriteCollection second of 6
+    calls of which 2 were refused: each method's calls/s, share of its own limit, 429s
+    and busiest second are its own, not the other method's nor the tenant's."""
+    ingest = evenly(0.0, 10.0, 12.0)
+    collections = evenly(0.0, 10.0, 4.0, method="WriteCollection")
+    refused = [call(5.1, 429, "WriteCollection"), call(5.2, 429, "WriteCollection")]
+    other = evenly(0.0, 10.0, 3.0, method="Write")  # not limited: not reported
+    calls = ingest + collections + refused + other
+    figures = method_figures(calls, T0, 0.0, 10.0, {"Ingest": 12, "WriteCollection": 5})
+    assert figures == {
+        "Ingest.ok_calls_per_s": 12.0,
+        "Ingest.limit_share": 1.0,
+        "Ingest.throttled_calls": 0,
+        "Ingest.max_ok_calls_in_1s": 12,
+        "Ingest.max_calls_in_1s": 12,
+        "WriteCollection.ok_calls_per_s": 4.0,
+        "WriteCollection.limit_share": 0.8,
+        "WriteCollection.throttled_calls": 2,
+        "WriteCollection.max_ok_calls_in_1s": 4,
+        "WriteCollection.max_calls_in_1s": 6,
+    }
+
+
+def test_method_figures_keep_to_the_window() -> None:
+    """Calls before ``start`` or from ``end`` on count neither in the rate nor in the
+    busiest second: a burst of 30 Ingest calls during the warm-up is left out."""
+    burst = [call(0.5 + i * 0.01) for i in range(30)]
+    calls = burst + evenly(2.0, 12.0, 10.0) + [call(12.0 + i * 0.01) for i in range(30)]
+    figures = method_figures(calls, T0, 2.0, 12.0, {"Ingest": 12})
+    assert figures["Ingest.ok_calls_per_s"] == 10.0
+    assert figures["Ingest.max_ok_calls_in_1s"] == 10
+    assert abs(figures["Ingest.limit_share"] - 10 / 12) < 1e-9

@@ -38,6 +38,7 @@ SCENARIOS = (
     "memory",
     "scale-out",
     "auto-limit",
+    "method-limits",
 )
 
 MISSING = (
@@ -83,8 +84,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--peers",
         default="writer,unitary,sdk,cubic",
         help="subjects to run, comma-separated (default: writer,unitary,sdk,cubic); the "
-        "scale-out and auto-limit scenarios run their own (shared,storm,split and auto,known): "
-        "name some of those to run only them",
+        "scale-out, auto-limit and method-limits scenarios run their own (shared,storm,split; "
+        "auto,known; per-method,tenant-only): name some of those to run only them",
     )
     parser.add_argument(
         "--output",
