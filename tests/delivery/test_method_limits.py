@@ -8,6 +8,8 @@ from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 
+import pytest
+
 from campaign_writer.campaign.client import CampaignClient
 from campaign_writer.campaign.soap import Credentials, Param
 from campaign_writer.daemon import Daemon
@@ -15,8 +17,9 @@ from campaign_writer.queue import DurableQueue
 from campaign_writer.testing import FakeRequest, FakeTransport, throttled
 from campaign_writer.throttle import TenantThrottle
 from campaign_writer.throttle.autolimit import LimitLearner, load_learned, save_learned
+from campaign_writer.throttle.pacing import MethodLane
 from tests.delivery.test_throttle import max_in_any_window
-from tests.support.clock import on_virtual_time
+from tests.support.clock import FakeClock, on_virtual_time
 from tests.support.writer import writer_config
 
 CREDENTIALS = Credentials(session_token="s", security_token="t")
@@ -114,6 +117,27 @@ async def test_one_method_s_429s_do_not_starve_another() -> None:
     assert throttle.throttled_episodes == 0  # the tenant rate never dropped
     assert len(limiter.accepted["Ingest"]) >= 0.95 * 12 * 0.98 * 30
     assert throttle.method_rates()["WriteCollection"] < 3.5
+
+
+async def test_a_method_s_cap_leaves_the_headroom_s_slack_for_arrival_jitter() -> None:
+    """Calls of a method that reach its cap bunched (the tenant's turn moved them) are let
+    through at most floor(limit) in any 1/headroom s, not in any 1 s: twelve Ingest calls
+    at once, limit 12, and the 13th waits until 1.0204 s after the first, so one that
+    arrives up to 20 ms late still does not make the 13th of Campaign's second. A 429 then
+    takes the calls Campaign accepted, less the refused one, as the lane's ceiling."""
+    clock = FakeClock()
+    lane = MethodLane("Ingest", 12.0, 0.98, clock, clock.sleep)
+    stamps = []
+    for _ in range(13):
+        await lane.cap(1.0)
+        stamps.append(clock())
+    assert stamps[11] == stamps[0]
+    assert stamps[12] - stamps[0] == pytest.approx(1 / 0.98)
+    quiet = MethodLane("Ingest", 12.0, 0.98, clock, clock.sleep)
+    for _ in range(5):
+        await quiet.cap(1.0)
+    quiet.on_throttled(clock(), 1.0)
+    assert quiet.controller.ceiling == pytest.approx(4 * 0.98)  # 5 sent, 1 refused
 
 
 @on_virtual_time
