@@ -35,7 +35,10 @@ Campaign (it did: two of them, and 6 s below 95% of the limit after the cut). So
 (heard of in Redis within :attr:`SharedBudget.ACTIVE_S`) than were alive before the
 loss, the instances back reserve at ``active / before`` of the rate: together that
 part, and the others their share of the rest. The rejoining round trip itself
-reserves nothing, since the number back is known only from its reply.
+reserves nothing, since the number back is known only from its reply. Meanwhile an
+instance's hard cap is ``active / before`` of the limit (it was its share while away,
+so the calls it sent on its own share just before count against it), and it reserves
+at most :attr:`SharedBudget.RAMP_AHEAD_S` ahead.
 """
 
 from __future__ import annotations
@@ -157,6 +160,10 @@ class SharedBudget:
     FALLBACK_MARGIN = 0.9
     GRACE = 0.1  # a reserved time may still be used this share of an interval late
     MAX_AHEAD_S = 2.0  # no reservation starts further ahead; the caller asks again later
+    # While rejoining, at most this far ahead: times taken at the ramp's slower spacing
+    # are kept by the calls that hold them, so far ahead they would slow the writers long
+    # after every one is back (they did, by 1.5 s).
+    RAMP_AHEAD_S = 0.25
     REDIS_TIMEOUT_S = 0.5
     RTT_AGING = 1.05  # per round trip, the bar a round trip's offset sample must pass
     # Redis lost: retries back off from 0.25 s up to this, so a writer rejoins within
@@ -298,7 +305,7 @@ class SharedBudget:
                         return None
                 if reserved == 0:
                     # The schedule is full further ahead than we reserve: wait a while.
-                    await self._sleep(self.MAX_AHEAD_S / 4)
+                    await self._sleep(self._ahead() / 4)
         finally:
             self._waiting -= 1
 
@@ -311,6 +318,9 @@ class SharedBudget:
             self._ramp_until = 0.0
             return 1.0
         return self.instances_active / self._before_loss
+
+    def _ahead(self) -> float:
+        return self.MAX_AHEAD_S if self.ramp() == 1.0 else self.RAMP_AHEAD_S
 
     def _next_held(self) -> float | None:
         held = self._held
@@ -401,7 +411,7 @@ class SharedBudget:
                         self.instance_id,
                         int(self.HEARTBEAT_TTL_S * _US),
                         accepted,
-                        int(self.MAX_AHEAD_S * _US),
+                        int(self._ahead() * _US),
                         int(self.ACTIVE_S * _US),
                     ],
                 )

@@ -126,15 +126,21 @@ class TenantThrottle:
         budget = self.budget
         waited = False
         while True:
-            taken, slept = await self._turn()
+            taken, slept, at = await self._turn()
             waited = waited or slept
             if taken is None:
                 continue  # a 429 pause, or a time gone void: start over
             if budget is not None:
-                # The hard cap is this instance's share while Redis is lost, as the pacing.
-                share = budget.share if budget.mode == "fallback" else 1.0
-                self._window.limit = max(1, math.floor(self.controller.limit * share + 1e-9))
+                # The hard cap is this instance's share while Redis is lost, as the pacing,
+                # and the part of the limit it reserves at while rejoining.
+                part = budget.share if budget.mode == "fallback" else budget.ramp()
+                self._window.limit = max(1, math.floor(self.controller.limit * part + 1e-9))
             await self._window.acquire()
+            if taken == "shared" and budget is not None and self._clock() - at > self.late_s:
+                # Held at the cap past its time (the cap is this instance's part while it
+                # rejoins): sent now, it would bunch with the next holder's. Take another.
+                budget.slots_expired += 1
+                continue
             if taken == "local" and budget is not None and budget.mode == "shared":
                 # Redis came back while this call waited on its local share (for its time,
                 # or at the cap, which the share had lowered): that time is not in the
@@ -147,13 +153,13 @@ class TenantThrottle:
         if self.learner is not None:
             self._probe(waited)
 
-    async def _turn(self) -> tuple[Literal["shared", "local"] | None, bool]:
+    async def _turn(self) -> tuple[Literal["shared", "local"] | None, bool, float]:
         """Wait for this call's time: from the shared schedule or paced locally (``None``:
-        start over), and whether that meant waiting."""
+        start over), whether that meant waiting, and the time."""
         now = self._clock()
         if now < self._paused_until:
             await self._sleep(self._paused_until - now)
-            return None, False
+            return None, False, now
         rate = self.rate(now)
         budget = self.budget
         if budget is not None:
@@ -164,24 +170,28 @@ class TenantThrottle:
                     await self._sleep(shared - now)
                 woke = self._clock()
                 if woke < self._paused_until:
-                    return None, shared > now  # a 429 here while we waited: this time is void
+                    return (
+                        None,
+                        shared > now,
+                        shared,
+                    )  # a 429 here while we waited: this time is void
                 if woke - shared > self.late_s:
                     # Woke too late (a stalled loop): sent now, it could join the next
                     # second's calls in one window of Campaign's. Take another time.
                     budget.slots_expired += 1
-                    return None, shared > now
-                return "shared", shared > now
+                    return None, shared > now, shared
+                return "shared", shared > now, shared
             rate *= budget.share  # Redis lost: this instance's share, locally
         slot = max(now, self._next_slot)
         self._next_slot = slot + 1.0 / rate
         if slot <= now:
-            return "local", False
+            return "local", False, slot
         await self._sleep(slot - now)
         if self._clock() < self._paused_until:
-            return None, True  # a 429 arrived while we waited: queue behind the pause
+            return None, True, slot  # a 429 arrived while we waited: queue behind the pause
         if budget is not None and budget.mode == "shared":
-            return None, True  # Redis came back meanwhile: take a shared time instead
-        return "local", True
+            return None, True, slot  # Redis came back meanwhile: take a shared time instead
+        return "local", True, slot
 
     def _probe(self, waited: bool) -> None:
         assert self.learner is not None
