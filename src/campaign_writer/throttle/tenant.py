@@ -170,11 +170,8 @@ class TenantThrottle:
                     await self._sleep(shared - now)
                 woke = self._clock()
                 if woke < self._paused_until:
-                    return (
-                        None,
-                        shared > now,
-                        shared,
-                    )  # a 429 here while we waited: this time is void
+                    # A 429 here while we waited: this time is void.
+                    return None, shared > now, shared
                 if woke - shared > self.late_s:
                     # Woke too late (a stalled loop): sent now, it could join the next
                     # second's calls in one window of Campaign's. Take another time.
