@@ -63,10 +63,12 @@ if TYPE_CHECKING:
 __all__ = [
     "FLEET_SUBJECTS",
     "TWO_ROUTES",
+    "TWO_ROUTES_EVEN",
     "RedisServer",
     "fleet_figures",
     "run_fleet",
     "two_route_events",
+    "two_route_events_even",
 ]
 
 FLEET_SUBJECTS = ("shared", "storm", "split", "auto", "known", "per-method", "tenant-only")
@@ -75,12 +77,20 @@ SAMPLE_EVERY_S = 0.5
 SHARED_REDIS = "redis://127.0.0.1:6379/3"
 # The role of a member whose backlog feeds two routes with different SOAP methods.
 TWO_ROUTES = "two-routes"
+# The same two routes, half and half: a mix that does not follow the method limits.
+TWO_ROUTES_EVEN = "two-routes-even"
 
 
 def two_route_events() -> Events:
     """The events of the ``two-routes`` backlog: Ingest and WriteCollection records in
     the ratio of their limits, so that neither lane runs dry before the other."""
     return TwoRouteEvents(round(METHOD_LIMITS["Ingest"]), round(METHOD_LIMITS["WriteCollection"]))
+
+
+def two_route_events_even() -> Events:
+    """The events of the ``two-routes-even`` backlog: Ingest and WriteCollection records
+    one for one, so the lane with the lower limit has the larger backlog for its rate."""
+    return TwoRouteEvents(1, 1)
 
 
 def _throttled(call: dict[str, Any]) -> bool:
@@ -196,6 +206,8 @@ class _Fleet:
                 await self.bench.backlog.copy_to(queue_path, self.case.backlog_needed())
             elif role == TWO_ROUTES:
                 await self.bench.two_routes.copy_to(queue_path, self.case.backlog_needed())
+            elif role == TWO_ROUTES_EVEN:
+                await self.bench.two_routes_even.copy_to(queue_path, self.case.backlog_needed())
             settings = member_settings(self.subject, self.case, sim.url, queue_path, budget)
             log_path = self._logs() / f"{self.subject}-{self.repeat}-{index}-{role}.log"
             member = WriterSubject("writer", settings, log_path, queue_path)

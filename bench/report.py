@@ -158,6 +158,17 @@ SCALE_TARGETS = (
     ),
     *(
         (
+            f"per-method limits, backlog mixed 1:1: {method} >= 95% of its own limit",
+            "method-limits/even-mix",
+            "per-method",
+            f"{method}.limit_share",
+            0.95,
+            True,
+        )
+        for method in METHOD_LIMITS
+    ),
+    *(
+        (
             f"one writer alone, {model}{told}: {name}",
             f"limiter-models/{model}{case}",
             "writer",

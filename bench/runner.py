@@ -33,7 +33,14 @@ import orjson
 
 from . import wakecost
 from .analysis import run_figures
-from .fleet import FLEET_SUBJECTS, TWO_ROUTES, run_fleet, two_route_events
+from .fleet import (
+    FLEET_SUBJECTS,
+    TWO_ROUTES,
+    TWO_ROUTES_EVEN,
+    run_fleet,
+    two_route_events,
+    two_route_events_even,
+)
 from .load import Events
 from .procs import REPO, MachineSampler, SimulatorProcess, machine_info
 from .scenarios import (
@@ -109,6 +116,9 @@ class Bench:
         self.two_routes = Backlog(
             self.work, self.out / "logs", name=TWO_ROUTES, make_events=two_route_events
         )
+        self.two_routes_even = Backlog(
+            self.work, self.out / "logs", name=TWO_ROUTES_EVEN, make_events=two_route_events_even
+        )
         self.cases: dict[str, dict[str, Any]] = {}
         self._last_stop = 0.0
         self.started = time.time()
@@ -134,6 +144,7 @@ class Bench:
             "machine_at_start": self.machine_at_start,
             "backlog_fill": self.backlog.figures,
             "two_routes_fill": self.two_routes.figures,
+            "two_routes_even_fill": self.two_routes_even.figures,
             "wake_cost": self.wake_cost,
             "cases": {
                 name: {"skipped": result["skipped"], "errors": result["errors"]}
@@ -455,11 +466,14 @@ async def run(options: Options) -> int:
             bench.wake_cost = await measure_wake_cost(bench.out / "logs", options.scale)
             bench.record_invocation()
         two_routes = [c for c in cases if TWO_ROUTES in c.extra.get("roles", ())]
-        plain = [c for c in cases if c not in two_routes]
+        even = [c for c in cases if TWO_ROUTES_EVEN in c.extra.get("roles", ())]
+        plain = [c for c in cases if c not in two_routes and c not in even]
         if {"writer", "cubic"} & set(options.subjects) or any(c.load == "fleet" for c in plain):
             await bench.backlog.prepare(max((c.backlog_needed() for c in plain), default=0))
         if two_routes:
             await bench.two_routes.prepare(max(c.backlog_needed() for c in two_routes))
+        if even:
+            await bench.two_routes_even.prepare(max(c.backlog_needed() for c in even))
         for case in cases:
             print(f"{case.name}: {case.description}", flush=True)
             bench.cases[case.name] = await bench.run_case(case)

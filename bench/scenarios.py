@@ -345,7 +345,21 @@ def _fleet_cases(mode: str) -> dict[str, list[Case]]:
     return {
         "scale-out": [backlog, uneven, loss],
         "auto-limit": [auto, together],
-        "method-limits": [methods],
+        "method-limits": [
+            methods,
+            replace(
+                methods,
+                name="method-limits/even-mix",
+                description=(
+                    "The method-limits case with a backlog mixed one for one instead of in "
+                    "the ratio of the method limits (per-method only): does the lane with "
+                    "the lower limit hold the other back? Its records wait in memory, and "
+                    "the dispatcher leases no more once they fill its lease bound."
+                ),
+                subjects=("per-method",),
+                extra={**methods.extra, "roles": ("two-routes-even",)},
+            ),
+        ],
     }
 
 

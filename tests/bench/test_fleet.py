@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 from bench.analysis import run_figures
-from bench.fleet import member_settings, two_route_events
+from bench.fleet import member_settings, two_route_events, two_route_events_even
 from bench.report import targets
 from bench.scenarios import METHOD_LIMITS, build_cases
 from bench.subjects import EXAMPLE_CONFIG
@@ -227,8 +227,12 @@ def test_only_the_per_method_subject_is_told_the_method_limits(tmp_path: Path) -
     config = load(EXAMPLE_CONFIG, told)
     assert dict(config.campaign.limits) == methods.knobs_for_run()["method_limits"]
     assert dict(config.campaign.limits) == METHOD_LIMITS
-    others = [c for cases in build_cases("quick").values() for c in cases]
-    assert all(c.knobs_for_run()["method_limits"] == {} for c in others if c != methods)
+    every = [c for cases in build_cases("quick").values() for c in cases]
+    even = case("method-limits/even-mix")
+    assert even.knobs_for_run()["method_limits"] == METHOD_LIMITS
+    assert even.subjects == ("per-method",) and even.extra["roles"] == ("two-routes-even",)
+    others = [c for c in every if c.scenario != "method-limits"]
+    assert all(c.knobs_for_run()["method_limits"] == {} for c in others)
 
 
 def test_the_two_route_backlog_feeds_both_methods_in_the_ratio_of_their_limits() -> None:
@@ -242,6 +246,17 @@ def test_the_two_route_backlog_feeds_both_methods_in_the_ratio_of_their_limits()
     assert methods.count("Ingest") == 120 and methods.count("WriteCollection") == 50
     assert len({item.key for item in routing.items}) == 170
     assert orjson.loads(lines[12])["type"] == "recipient"
+
+
+def test_the_even_backlog_feeds_both_methods_one_for_one() -> None:
+    """The even-mix case's backlog alternates the two routes: as many WriteCollection
+    events as Ingest ones, whatever the limits."""
+    lines = two_route_events_even().take(100, created=0.0)
+    routing = Router.from_config(load(EXAMPLE_CONFIG)).route_lines(
+        lines, source="t", created_at=0.0
+    )
+    methods = [item.lane.rpartition("#")[2] for item in routing.items]
+    assert methods.count("Ingest") == 50 and methods.count("WriteCollection") == 50
 
 
 def test_method_limits_figures_and_targets() -> None:
